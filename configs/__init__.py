@@ -1,0 +1,1 @@
+"""The recipes lmforge ships, installed as package data so `lmforge train NAME` finds them."""

@@ -1,0 +1,304 @@
+"""The typed config tree, TOML recipes and dotted command-line overrides.
+
+A run is described by one `Config`: a tree of small dataclasses whose fields carry their
+own help text. Recipes in `configs/*.toml` set some fields; `--section.field=value` on the
+command line sets others; everything else keeps the defaults below. Every key and value
+is checked: an unknown key or a wrong type is a `ConfigError` that names the key and
+suggests the nearest valid one.
+
+This module imports nothing heavy, so `lmforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError
+
+
+def option(default: Any, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its help text (and, for strings, the values it accepts)."""
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
+@dataclass
+class RunConfig:
+    dir: str = option("", "Where the run keeps checkpoints, metrics and its resolved config. "
+                          "Empty: runs/<recipe name>, numbered -2, -3, … if that is taken.")
+    seed: int = option(1337, "Seed for initialization, data order, dropout and sampling.")
+
+
+@dataclass
+class DataConfig:
+    path: str = option("data/stdlib", "The prepared dataset (a directory made by `lmforge prepare`).")
+    source: str = option("stdlib", "What to prepare into data.path when it does not exist yet: "
+                                   "'stdlib', a file, a directory or a glob. Empty: never prepare.")
+    val_fraction: float = option(0.1, "Share of the corpus held out for validation when preparing.")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = option("bpe", "Tokenizer trained when train prepares data.source itself.",
+                       choices=("bpe", "char", "byte"))
+    vocab_size: int = option(8192, "Vocabulary size of a bpe tokenizer (char and byte ignore it).")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = option("gpt", "Model family.", choices=("gpt",))
+    n_layer: int = option(4, "Number of Transformer blocks.")
+    n_head: int = option(4, "Attention heads per block; must divide model.n_embd.")
+    n_embd: int = option(256, "Width of the residual stream.")
+    block_size: int = option(128, "Context length in tokens.")
+    dropout: float = option(0.0, "Dropout on attention weights, residual branches and embeddings.")
+    bias: bool = option(False, "Biases in linear layers and norms.")
+    norm: str = option("layernorm", "Normalization layer.", choices=("layernorm", "rmsnorm", "batchnorm"))
+    mlp: str = option("gelu", "Feed-forward block: GELU (GPT-2) or SwiGLU (Llama).",
+                      choices=("gelu", "swiglu"))
+    mlp_ratio: float = option(4.0, "Hidden width of the feed-forward block, as a multiple of n_embd.")
+    pos: str = option("learned", "Position encoding: learned embeddings (GPT-2) or rotary (Llama).",
+                      choices=("learned", "rope"))
+    rope_theta: float = option(10000.0, "Base of the rotary frequencies (model.pos=rope).")
+    tie_embeddings: bool = option(True, "Share the token embedding with the output layer.")
+    vocab_size: int = option(0, "Vocabulary size; 0 takes it from the dataset's tokenizer.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(1e-3, "Peak learning rate of AdamW.")
+    min_lr: float = option(1e-4, "Learning rate at the end of the decay.")
+    weight_decay: float = option(0.1, "AdamW weight decay, applied to matrices only.")
+    beta1: float = option(0.9, "AdamW beta1.")
+    beta2: float = option(0.99, "AdamW beta2.")
+    eps: float = option(1e-8, "AdamW epsilon.")
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
+    schedule: str = option("cosine", "Learning-rate schedule after warm-up: cosine decay, "
+                                     "warm-up-stable-decay, or constant.",
+                           choices=("cosine", "wsd", "constant"))
+    warmup_steps: int = option(100, "Steps of linear warm-up from 0 to optim.lr.")
+    decay_steps: int = option(0, "cosine: step at which min_lr is reached (0: train.max_steps). "
+                                 "wsd: length of the final linear decay (0: 20% of train.max_steps).")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = option(16, "Sequences per micro-batch.")
+    grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
+    max_steps: int = option(2000, "Optimizer steps to train for; also the horizon of the schedule.")
+    max_minutes: float = option(0.0, "Stop after this many minutes of training (0: no limit).")
+    log_every: int = option(10, "Write train metrics every N steps.")
+    precision: str = option("auto", "Compute precision: auto is bf16 autocast on GPUs that support "
+                                    "it and fp32 elsewhere.", choices=("auto", "fp32", "bf16"))
+    device: str = option("auto", "Device: auto, cpu, cuda, cuda:N or mps.")
+    threads: int = option(0, "CPU threads for torch (0: torch's default).")
+    progress: bool = option(True, "Show a progress bar on the terminal.")
+
+
+@dataclass
+class EvalConfig:
+    every: int = option(250, "Evaluate on the validation subset every N steps (0: only at the end).")
+    batches: int = option(20, "Batches in the fixed validation subset (0: the whole split).")
+    batch_size: int = option(0, "Sequences per validation batch (0: train.batch_size).")
+    early_stop_patience: int = option(0, "Stop after this many evaluations without a new best "
+                                         "validation loss (0: never).")
+    samples: int = option(2, "Samples printed at the end of training.")
+    sample_tokens: int = option(200, "Length of those samples in tokens.")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = option(500, "Save a checkpoint every N steps (0: only at the end).")
+    keep_last: int = option(2, "Keep the newest K checkpoints (the best one is kept as well).")
+    keep_best: bool = option(True, "Save a checkpoint at each new best validation loss and keep it.")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    key: str
+    type: type
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None
+
+
+def field_infos() -> list[FieldInfo]:
+    """Every config field, as `section.name`, in declaration order (the --help listing)."""
+    infos = []
+    root = Config()
+    for section in dataclasses.fields(Config):
+        obj = getattr(root, section.name)
+        for f in dataclasses.fields(obj):
+            infos.append(FieldInfo(f"{section.name}.{f.name}", type(getattr(obj, f.name)),
+                                   getattr(obj, f.name), f.metadata["doc"], f.metadata["choices"]))
+    return infos
+
+
+_FIELDS = {info.key: info for info in field_infos()}
+
+
+def _suggest(key: str) -> str:
+    near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
+    if not near:  # a bare field name without its section, e.g. max_steps
+        near = [k for k in _FIELDS if k.split(".")[1] == key.split(".")[-1]][:1]
+    return f"; did you mean '{near[0]}'?" if near else "; `lmforge train --help` lists every key"
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check `value` for field `key` and convert strings from the command line."""
+    if key not in _FIELDS:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+    info = _FIELDS[key]
+    want = info.type
+    try:
+        if isinstance(value, str) and want is not str:
+            if want is bool:
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            else:
+                value = want(value)
+        elif want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ValueError
+    except ValueError:
+        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        raise ConfigError(f"{key}: expected {names[want]}, got {value!r}") from None
+    if info.choices and value not in info.choices:
+        near = difflib.get_close_matches(str(value), info.choices, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(info.choices)}{hint}")
+    return value
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    section, name = key.split(".", 1)
+    setattr(getattr(cfg, section), name, coerce(key, value))
+
+
+def from_dict(tree: dict[str, Any], *, base: Config | None = None, origin: str = "config") -> Config:
+    """Build a Config from a nested dict (a parsed TOML file), checking every key."""
+    cfg = base if base is not None else Config()
+    for section, values in tree.items():
+        if section not in SECTIONS:
+            near = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f"; did you mean [{near[0]}]?" if near else f"; sections are {', '.join(SECTIONS)}"
+            raise ConfigError(f"{origin}: unknown section [{section}]{hint}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: '{section}' must be a table like [{section}]")
+        for name, value in values.items():
+            set_value(cfg, f"{section}.{name}", value)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("lmforge.configs").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe given as a path to a TOML file, or by name from the recipes lmforge ships."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix == ".toml" or "/" in name_or_path:
+        packaged = resources.files("lmforge.configs") / path.name
+        if not path.exists() and packaged.is_file():
+            return Path(str(packaged))
+        raise ConfigError(f"config file not found: {name_or_path}; "
+                          f"give a TOML file or one of: {', '.join(recipe_names())}")
+    packaged = resources.files("lmforge.configs") / f"{name_or_path}.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    raise ConfigError(f"no recipe named '{name_or_path}'; choose one of: {', '.join(recipe_names())} "
+                      "or give a path to a TOML file")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`--train.max_steps=200` or `--train.max_steps 200` → {'train.max_steps': '200'}."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}'; overrides look like --train.max_steps=200")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value, like --{key}=VALUE")
+            value = args[i + 1]
+            i += 1
+        key = key.replace("-", "_")
+        coerce(key, value)  # unknown keys and bad values fail here, before anything runs
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def load_config(recipe: str | None, overrides: dict[str, str] | None = None) -> Config:
+    """The recipe (default: the 'default' recipe) with the overrides applied on top."""
+    path = recipe_path(recipe or "default")
+    cfg = from_dict(read_toml(path), origin=str(path))
+    for key, value in (overrides or {}).items():
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Combinations that no single field can check."""
+    m = cfg.model
+    if m.norm == "batchnorm":
+        raise ConfigError("model.norm=batchnorm: batch normalization pools statistics across "
+                          "positions, which lets a causal language model see future tokens; "
+                          "use layernorm or rmsnorm")
+    positive = {"model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
+                "model.block_size": m.block_size, "train.batch_size": cfg.train.batch_size,
+                "train.grad_accum": cfg.train.grad_accum, "train.max_steps": cfg.train.max_steps}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if m.n_embd % m.n_head:
+        raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; "
+                          "pick sizes where it is")
+    if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
+        raise ConfigError("model.pos=rope needs an even head size (model.n_embd / model.n_head)")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")

@@ -164,14 +164,15 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{near[0]}'?" if near else "; `lmforge train --help` lists every key"
 
 
-def coerce(key: str, value: Any) -> Any:
-    """Check `value` for field `key` and convert strings from the command line."""
+def coerce(key: str, value: Any, *, from_text: bool = True) -> Any:
+    """Check `value` for field `key`; strings from the command line are converted
+    (`from_text`), values from a TOML file must already have the right type."""
     if key not in _FIELDS:
         raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
     info = _FIELDS[key]
     want = info.type
     try:
-        if isinstance(value, str) and want is not str:
+        if isinstance(value, str) and want is not str and from_text:
             if want is bool:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError
@@ -192,9 +193,9 @@ def coerce(key: str, value: Any) -> Any:
     return value
 
 
-def set_value(cfg: Config, key: str, value: Any) -> None:
+def set_value(cfg: Config, key: str, value: Any, *, from_text: bool = True) -> None:
     section, name = key.split(".", 1)
-    setattr(getattr(cfg, section), name, coerce(key, value))
+    setattr(getattr(cfg, section), name, coerce(key, value, from_text=from_text))
 
 
 def from_dict(tree: dict[str, Any], *, base: Config | None = None, origin: str = "config") -> Config:
@@ -208,7 +209,7 @@ def from_dict(tree: dict[str, Any], *, base: Config | None = None, origin: str =
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: '{section}' must be a table like [{section}]")
         for name, value in values.items():
-            set_value(cfg, f"{section}.{name}", value)
+            set_value(cfg, f"{section}.{name}", value, from_text=False)
     return cfg
 
 

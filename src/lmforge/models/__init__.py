@@ -1,0 +1,19 @@
+"""The model registry: `model.arch` → the class that builds it from a ModelConfig."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError
+from lmforge.models.gpt import GPT
+
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model named by cfg.arch, initialized on the current default device."""
+    if cfg.arch not in MODELS:
+        raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; "
+                          f"known: {', '.join(sorted(MODELS))}")
+    return MODELS[cfg.arch](cfg)

@@ -1,0 +1,112 @@
+"""The `lmforge` command: parse the verb and its arguments, call the library.
+
+Heavy imports (torch, tokenizers) happen inside the verbs, so `lmforge --help` is instant.
+Any LmforgeError becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from lmforge import __version__
+from lmforge.config import SECTIONS, field_infos, parse_overrides
+from lmforge.errors import LmforgeError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, like every other lmforge error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Every config field as --section.name, so `lmforge train --help` documents them all."""
+    groups = {s: parser.add_argument_group(f"[{s}] options") for s in SECTIONS}
+    for info in field_infos():
+        section = info.key.split(".")[0]
+        choices = f" One of: {', '.join(info.choices)}." if info.choices else ""
+        default = f"{info.default!r}" if info.type is str else f"{info.default}"
+        groups[section].add_argument(
+            f"--{info.key}", dest=info.key, metavar=info.type.__name__.upper(),
+            default=argparse.SUPPRESS,
+            help=f"{info.doc}{choices} (default: {default})".replace("%", "%%"))
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="lmforge", allow_abbrev=False,
+                    description="From raw text to a trained language model and back to text.")
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+
+    p = verbs.add_parser("prepare", help="clean, split and tokenize a corpus into verified shards",
+                         allow_abbrev=False)
+    p.add_argument("--data", nargs="+", action="extend", required=True, metavar="SOURCE",
+                   help="text files, directories, globs, or 'stdlib' (the Python standard library)")
+    p.add_argument("--out", required=True, type=Path, help="directory for the prepared dataset")
+    p.add_argument("--tokenizer", default="bpe", choices=("bpe", "char", "byte"),
+                   help="tokenizer to train (default: bpe)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="bpe vocabulary size (default: 8192)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the corpus held out for validation (default: 0.1)")
+
+    p = verbs.add_parser("train", help="train a model (no arguments: the default job)",
+                         allow_abbrev=False,
+                         usage="lmforge train [RECIPE] [--resume RUN] [--SECTION.FIELD=VALUE ...]",
+                         description="Train from a recipe (a TOML file or the name of a shipped "
+                                     "recipe) with --section.field=value overrides.")
+    p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
+    p.add_argument("--resume", metavar="RUN", type=Path,
+                   help="continue the run in this directory from its latest complete checkpoint")
+    _add_config_options(p)
+
+    p = verbs.add_parser("eval", help="loss, perplexity and bits per byte of a trained run",
+                         allow_abbrev=False)
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--split", default="val", help="split of the dataset to evaluate (default: val)")
+    p.add_argument("--data", type=Path, help="another prepared dataset with the same tokenizer")
+    p.add_argument("--batches", type=int, default=0, help="evaluate this many batches (0: the whole split)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step_NNNNNNNN name")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    p = verbs.add_parser("generate", help="sample text from a trained run", allow_abbrev=False)
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0 is off (default: 50)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 is off (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step_NNNNNNNN name")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, … (default: auto)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.verb is None:
+            parser.print_help()
+            return 0
+        if rest and args.verb != "train":
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.verb == "train":
+            from lmforge.commands import train_command
+            known = {k: v for k, v in vars(args).items() if "." in k}
+            return train_command(recipe=args.recipe, resume=args.resume,
+                         overrides={**known, **parse_overrides(rest)})
+        from lmforge import commands
+        return getattr(commands, f"{args.verb}_command")(args)
+    except LmforgeError as err:
+        print(f"lmforge {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+

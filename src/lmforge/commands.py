@@ -1,0 +1,154 @@
+"""What each CLI verb does, in terms of the library. Each returns the process exit code."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lmforge.config import Config, load_config, recipe_path
+from lmforge.data import shards
+from lmforge.data.prepare import prepare
+from lmforge.errors import DataError, LmforgeError
+from lmforge.evaluate import mean_loss, summarize
+from lmforge.generate import generate_tokens
+from lmforge.rundir import load_run, new_run_dir, read_run_config, write_config
+from lmforge.train.metrics import log
+from lmforge.train.trainer import Trainer, resolve_device
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    if args.vocab_size < 1:
+        raise LmforgeError(f"--vocab-size must be positive, got {args.vocab_size}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise LmforgeError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+            val_fraction=args.val_fraction, log=log)
+    return 0
+
+
+def ensure_dataset(cfg: Config) -> None:
+    """Prepare data.source into data.path unless a prepared dataset is already there."""
+    path = Path(cfg.data.path)
+    if (path / "manifest.json").is_file():
+        return
+    if not cfg.data.source:
+        raise DataError(f"no prepared dataset at {path}; run `lmforge prepare --data SOURCE "
+                        f"--out {path}` or set --data.source")
+    log(f"preparing {cfg.data.source} into {path} (done once, reused afterwards)")
+    prepare([cfg.data.source], path, tokenizer=cfg.tokenizer.kind,
+            vocab_size=cfg.tokenizer.vocab_size, val_fraction=cfg.data.val_fraction, log=log)
+
+
+def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[str, str]) -> int:
+    if resume is not None:
+        if recipe:
+            raise LmforgeError("give a recipe for a new run or --resume RUN for an old one, not both")
+        run_dir = resume
+        cfg = read_run_config(run_dir, overrides)
+    else:
+        cfg = load_config(recipe, overrides)
+        run_dir = new_run_dir(cfg, recipe_name=recipe_path(recipe or "default").stem)
+        cfg.run.dir = str(run_dir)
+        ensure_dataset(cfg)
+        # Absolute, so that eval and generate find the data from any working directory.
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+    trainer = Trainer(cfg, run_dir)
+    if resume is not None:
+        trainer.restore()
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer.start_files()
+    write_config(cfg, run_dir)
+    trainer.fit()
+    texts = trainer.samples(count=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens)
+    if texts:
+        shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
+        (run_dir / "samples.txt").write_text(shown.lstrip("\n"))
+        print(shown)
+    return 0
+
+
+def _tokenizer_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    device = resolve_device("auto")
+    run = load_run(args.run, which=args.checkpoint, device=str(device))
+    data_dir = args.data or Path(run.cfg.data.path)
+    manifest = shards.verify(data_dir)
+    if _tokenizer_digest(data_dir / manifest["tokenizer"]["dir"]) != _tokenizer_digest(args.run / "tokenizer"):
+        raise DataError(f"{data_dir} was tokenized with another tokenizer than {args.run}; "
+                        f"prepare it with the run's tokenizer or evaluate on the run's own data")
+    if args.split not in manifest["splits"]:
+        raise DataError(f"{data_dir} has no split '{args.split}'; it has {', '.join(manifest['splits'])}")
+    tokens = shards.open_split(data_dir, args.split)
+    loss = mean_loss(run.model, tokens, block_size=run.cfg.model.block_size,
+                     batch_size=args.batch_size, max_windows=args.batches * args.batch_size,
+                     device=device, split=args.split)
+    split = manifest["splits"][args.split]
+    figures = summarize(loss, tokens=split["tokens"], bytes_=split["bytes"])
+    result = {"run": str(args.run), "checkpoint": run.checkpoint.name, "step": run.step,
+              "data": str(data_dir), "split": args.split, **figures}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run} @ step {run.step}, {data_dir} [{args.split}]: loss {loss:.4f}  "
+              f"perplexity {figures['perplexity']:.2f}  bits/byte {figures['bits_per_byte']:.4f}")
+    return 0
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise LmforgeError("--max-new-tokens and --num-samples must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise LmforgeError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+    device = resolve_device(args.device)
+    run = load_run(args.run, which=args.checkpoint, device=str(device))
+    tok = run.tokenizer
+    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+    prompt = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(args.seed) if args.seed is not None else gen.seed()
+    stream = generate_tokens(run.model, prompt, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             generator=gen)
+    if args.num_samples == 1:
+        _stream_one(stream, prompt=args.prompt, tokenizer=tok)
+        return 0
+    rows: list[list[int]] = [[] for _ in range(args.num_samples)]
+    for step in stream:
+        for row, token in zip(rows, step.tolist(), strict=True):
+            row.append(token)
+    for i, row in enumerate(rows):
+        ended = row[:row.index(tok.eot_id)] if tok.eot_id in row else row
+        print(f"----- sample {i + 1} -----\n{args.prompt}{tok.decode(ended)}")
+    return 0
+
+
+def _stream_one(stream, *, prompt: str, tokenizer) -> None:
+    """Print text as it is generated; a character cut between two tokens waits for the next."""
+    out = sys.stdout
+    out.write(prompt)
+    ids: list[int] = []
+    shown = 0
+    for step in stream:
+        token = int(step[0])
+        if token == tokenizer.eot_id:
+            break
+        ids.append(token)
+        text = tokenizer.decode(ids)
+        if not text.endswith("\ufffd"):
+            out.write(text[shown:])
+            out.flush()
+            shown = len(text)
+    out.write(tokenizer.decode(ids)[shown:] + "\n")
+    out.flush()

@@ -1,0 +1,105 @@
+"""Sampling from any model that follows `forward(tokens, state) -> (logits, state)`.
+
+Transformers carry a KV cache as their state (made by `model.new_cache`), recurrent models
+a hidden state; either way the state forward returns is fed back in with the next token.
+A model whose state comes back None is simply rerun on the whole (cropped) context.
+
+Context limit: a model with `model.cfg.block_size` sees at most the last block_size tokens.
+A longer prompt is cropped to its last block_size tokens. Once a KV cache is full, the next
+step starts a fresh cache and prefills it with the last block_size tokens, so every later
+step recomputes a full window: exactly what generation without a cache computes, and slower
+than shifting a window, but a learned-position model cannot shift its cache anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _check_sampling(*, temperature: float, top_k: int, top_p: float) -> None:
+    if temperature < 0 or top_k < 0 or not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 <= top_p <= 1; got "
+                         f"temperature={temperature}, top_k={top_k}, top_p={top_p}")
+
+
+def sample_next(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> Tensor:
+    """One token per row of logits (B, V) → (B,) int64.
+
+    temperature 0 is greedy (argmax); top_k 0 and top_p 1.0 switch those filters off.
+    top_p keeps the smallest set of most likely tokens whose mass reaches top_p (at least one).
+    """
+    _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature  # (B, V)
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the more likely ones before it already reach top_p
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False  # the most likely token always stays, even for top_p = 0
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def generate_tokens(model: nn.Module, prompt: Tensor, *, max_new_tokens: int,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    generator: torch.Generator | None = None,
+                    use_cache: bool = True) -> Iterator[Tensor]:
+    """Yield max_new_tokens steps of one new token per sequence, (B,) each, as they come.
+
+    prompt is (B, T) with T >= 1 (callers pass at least the end-of-text token). The model
+    runs in eval mode under torch.inference_mode(); its training mode is restored when the
+    iterator finishes or is closed.
+    """
+    if prompt.dim() != 2 or prompt.size(1) == 0:
+        raise ValueError(f"prompt must be (batch, tokens) with at least one token, "
+                         f"got shape {tuple(prompt.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)  # here, not mid-stream
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    return _stream(model, prompt, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                   sampling=sampling)
+
+
+def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache: bool,
+            sampling: dict[str, Any]) -> Iterator[Tensor]:
+    block_size: int | None = getattr(getattr(model, "cfg", None), "block_size", None)
+    context = prompt[:, -block_size:] if block_size else prompt  # (B, <= block_size)
+    state: Any = None
+    in_state = 0  # tokens the state has seen
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            # inference mode per step, not across the yield: the caller's code between
+            # steps must not run under it
+            with torch.inference_mode():
+                full = bool(block_size) and in_state >= block_size
+                if use_cache and state is not None and not full:
+                    logits, state = model(context[:, -1:], state)  # (B, 1, V): the newest token
+                    in_state += 1
+                else:  # first step, no cache, a model without state, or a full cache
+                    cached = use_cache and hasattr(model, "new_cache")
+                    fresh = model.new_cache(context.size(0)) if cached else None
+                    logits, state = model(context, fresh)  # (B, T, V)
+                    state = state if use_cache else None
+                    in_state = context.size(1)
+                token = sample_next(logits[:, -1], **sampling)  # (B,)
+            context = torch.cat((context, token[:, None]), dim=1)
+            if block_size:
+                context = context[:, -block_size:]
+            yield token
+    finally:
+        model.train(was_training)

@@ -1,0 +1,144 @@
+"""A decoder-only Transformer: GPT-2 by default, Llama-style with rmsnorm + swiglu + rope.
+
+Contract (DESIGN.md): `forward(tokens, state=None) -> (logits, state)`. Here the state is
+an optional KVCache for generation; training calls `forward(tokens)` and gets `None` back.
+The model knows nothing of losses, optimizers, devices or processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+from lmforge.models.layers import (
+    CausalSelfAttention,
+    KVCache,
+    make_mlp,
+    make_norm,
+    rope_tables,
+)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
+        self.mlp = make_mlp(cfg)
+
+    def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope=rope, cache=cache, layer=layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError(f"model.vocab_size must be set (> 0), got {cfg.vocab_size}; "
+                             "take it from the tokenizer before building the model")
+        if cfg.pos not in ("learned", "rope"):
+            raise ValueError(f"unknown position encoding '{cfg.pos}': use learned or rope")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one tensor: input and output embedding
+        if cfg.pos == "rope":
+            # derived from the config, so not saved: non-persistent buffers
+            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, theta=cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 initialization, and the rotary tables.
+
+        Called by the constructor; call it again after building on the meta device and
+        materializing with `to_empty`, which leaves parameters and buffers uninitialized
+        and gives the tied output layer a parameter of its own (so tie again here).
+        """
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm | nn.RMSNorm):
+                module.reset_parameters()
+        # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer):
+        # each block adds two of them, and the stream's variance grows with their count
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        if self.cfg.pos == "rope":
+            cos, sin = rope_tables(self.cfg.n_embd // self.cfg.n_head, self.cfg.block_size,
+                                   theta=self.cfg.rope_theta, device=self.rope_cos.device,
+                                   dtype=self.rope_cos.dtype)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
+        """Logits (B, T, vocab) for every position of tokens (B, T), and the cache, if given,
+        now holding these T positions as well."""
+        B, T = tokens.size()
+        p0 = 0 if state is None else state.pos
+        if p0 + T > self.cfg.block_size:
+            where = f" after {p0} cached tokens" if p0 else ""
+            raise ValueError(f"cannot run {T} tokens{where}: the context is limited to "
+                             f"block_size={self.cfg.block_size} tokens; crop the input")
+        x = self.wte(tokens)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(p0, p0 + T, device=tokens.device))  # (T, C) broadcast
+        else:
+            rope = (self.rope_cos[p0:p0 + T], self.rope_sin[p0:p0 + T])  # (T, hs/2) each
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope=rope, cache=state, layer=i)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
+        if state is not None:
+            state.pos += T
+        return logits, state
+
+    def new_cache(self, batch_size: int, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for block_size positions, on the model's device and dtype by default."""
+        weight = self.wte.weight
+        return KVCache(n_layer=self.cfg.n_layer, batch_size=batch_size, n_head=self.cfg.n_head,
+                       max_len=self.cfg.block_size, head_dim=self.cfg.n_embd // self.cfg.n_head,
+                       device=device or weight.device, dtype=dtype or weight.dtype)
+
+    def num_params(self, *, non_embedding: bool = False) -> int:
+        """Parameter count, tied weights once; non_embedding leaves out the position
+        embeddings (as nanoGPT does: the token embedding doubles as the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, forward and backward: 6 N + 12 n_layer n_embd block_size
+        (PaLM appendix B; nanoGPT's estimate_mfu), attention at full context.
+
+        N counts the weights used in matmuls: an untied token embedding is a lookup, so it
+        is left out as well as the position embeddings (with tying this is nanoGPT's N).
+        """
+        n = self.num_params(non_embedding=True)
+        if not self.cfg.tie_embeddings:
+            n -= self.wte.weight.numel()
+        c = self.cfg
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size

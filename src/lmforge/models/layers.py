@@ -1,0 +1,174 @@
+"""Shared Transformer blocks: norms, rotary embeddings, causal self-attention with a KV
+cache, and the two feed-forward blocks (GPT-2's GELU MLP and Llama's SwiGLU).
+
+Shapes: B batch, T new tokens, C n_embd, nh heads, hs head size, L cache length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+
+# One epsilon for both norms (LayerNorm's default, Llama 2's rms_norm_eps). RMSNorm's own
+# default takes finfo(dtype).eps, which would make bf16 and fp32 runs normalize differently.
+NORM_EPS = 1e-5
+
+
+def make_norm(kind: str, dim: int, *, bias: bool) -> nn.Module:
+    """LayerNorm (with or without bias) or RMSNorm (which has no bias)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=NORM_EPS, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, eps=NORM_EPS)
+    raise ValueError(f"unknown norm '{kind}': use layernorm or rmsnorm (batch normalization "
+                     "would let a causal model see future tokens)")
+
+
+# ---------------------------------------------------------------------------- rotary
+
+def rope_tables(head_dim: int, length: int, *, theta: float,
+                device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotation angles, (length, head_dim // 2) each."""
+    # float64 for the angles: position * frequency loses digits in float32 at long contexts
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv_freq)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, nh, T, hs) by the angles of its positions, cos/sin (T, hs/2).
+
+    The half-split layout (GPT-NeoX, Hugging Face Llama): dimension i pairs with i + hs/2.
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # no-op unless running in bf16
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# ---------------------------------------------------------------------------- KV cache
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far.
+
+    Preallocated to `max_len` positions so decoding never reallocates; `pos` counts the
+    positions filled. Attention layers write through `update`; the model advances `pos`
+    once per forward, after all layers have written.
+    """
+
+    def __init__(self, *, n_layer: int, batch_size: int, n_head: int, max_len: int,
+                 head_dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos+T, hs)
+
+
+def cache_mask(p0: int, t: int, *, device: torch.device) -> Tensor:
+    """(t, p0+t) boolean mask: query i, at absolute position p0+i, sees keys 0..p0+i."""
+    keys = torch.arange(p0 + t, device=device)
+    queries = torch.arange(p0, p0 + t, device=device)
+    return keys[None, :] <= queries[:, None]
+
+
+# ---------------------------------------------------------------------------- attention
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
+        self.n_head = cfg.n_head
+        self.n_embd = cfg.n_embd
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        dropout_p = self.dropout if self.training else 0.0
+
+        mask, causal = None, True  # training path: SDPA's own causal mask, nothing built here
+        if cache is not None:
+            p0 = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, nh, p0+T, hs)
+            if p0 > 0:
+                # is_causal aligns the mask top-left, wrong once keys outnumber queries;
+                # one new token sees every cached key and needs no mask at all
+                causal = False
+                mask = cache_mask(p0, T, device=x.device) if T > 1 else None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                           is_causal=causal)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_drop(self.c_proj(y))
+
+
+# ---------------------------------------------------------------------------- MLPs
+
+class MLP(nn.Module):
+    """GPT-2's feed-forward block, with GPT-2's tanh approximation of GELU (as HF's gelu_new)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.n_embd)
+        self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+def swiglu_hidden(n_embd: int, mlp_ratio: float) -> int:
+    """Hidden width of SwiGLU: 2/3 of the GELU MLP's, so the three matrices hold about as
+    many parameters as the GELU MLP's two, rounded up to a multiple of 8 for the kernels."""
+    return 8 * math.ceil(int(mlp_ratio * n_embd * 2 / 3) / 8)
+
+
+class SwiGLU(nn.Module):
+    """Llama's feed-forward block: c_proj(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = swiglu_hidden(cfg.n_embd, cfg.mlp_ratio)
+        self.w1 = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # gate
+        self.w3 = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # up
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # w2, down
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def make_mlp(cfg: ModelConfig) -> nn.Module:
+    if cfg.mlp == "gelu":
+        return MLP(cfg)
+    if cfg.mlp == "swiglu":
+        return SwiGLU(cfg)
+    raise ValueError(f"unknown mlp '{cfg.mlp}': use gelu or swiglu")

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from lmforge import checkpoint
+from lmforge.errors import CheckpointError
+
+
+class Tied(torch.nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, width)
+        self.head = torch.nn.Linear(width, 16, bias=False)
+        self.head.weight = self.emb.weight  # shared storage, as in a GPT with tied embeddings
+
+
+def save(run, step, model, *, keep_last=2, is_best=False):
+    opt = torch.optim.AdamW(model.parameters())
+    return checkpoint.save_checkpoint(run, step=step, model=model, optimizer=opt,
+                                      trainer_state={"step": step, "rng": torch.get_rng_state()},
+                                      model_config={"width": 8}, keep_last=keep_last, is_best=is_best)
+
+
+def test_weights_round_trip_with_tied_parameters(tmp_path):
+    a, b = Tied(), Tied()
+    save(tmp_path, 3, a)
+    checkpoint.load_weights(checkpoint.find_checkpoint(tmp_path), b)
+    assert torch.equal(a.emb.weight, b.emb.weight)
+    assert b.head.weight.data_ptr() == b.emb.weight.data_ptr()
+
+
+def test_retention_keeps_the_last_k_and_the_best(tmp_path):
+    model = Tied()
+    save(tmp_path, 1, model)
+    save(tmp_path, 2, model, is_best=True)
+    for step in (3, 4, 5):
+        save(tmp_path, step, model)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_00000002", "step_00000004", "step_00000005"]
+    assert checkpoint.find_checkpoint(tmp_path).name == "step_00000005"
+    assert checkpoint.find_checkpoint(tmp_path, "best").name == "step_00000002"
+
+
+def test_corrupt_latest_falls_back_to_the_previous_intact_one(tmp_path):
+    model = Tied()
+    save(tmp_path, 1, model)
+    latest = save(tmp_path, 2, model)
+    weights = latest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint.verify(latest)
+    assert checkpoint.find_checkpoint(tmp_path).name == "step_00000001"
+
+
+def test_partial_save_is_cleaned_and_ignored(tmp_path):
+    save(tmp_path, 1, Tied())
+    partial = tmp_path / "checkpoints" / ".tmp-step_00000002"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert checkpoint.find_checkpoint(tmp_path).name == "step_00000001"
+    checkpoint.clean_partial(tmp_path)
+    assert not partial.exists()
+
+
+def test_missing_runs_and_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="run directory not found"):
+        checkpoint.find_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="has no checkpoint yet"):
+        checkpoint.find_checkpoint(tmp_path)
+    save(tmp_path, 1, Tied())
+    with pytest.raises(CheckpointError, match="has no checkpoint 'step_9'; it has: step_00000001"):
+        checkpoint.find_checkpoint(tmp_path, "step_9")
+
+
+def test_another_model_shape_is_refused_with_what_differs(tmp_path):
+    path = save(tmp_path, 1, Tied())
+    meta = checkpoint.verify(path)
+    with pytest.raises(CheckpointError, match=r"model.width: checkpoint 8, config 12"):
+        checkpoint.check_model_config(meta, {"width": 12}, path=path)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        checkpoint.load_weights(path, torch.nn.Linear(3, 3))
+
+
+def test_same_names_other_shapes_is_a_clear_error(tmp_path):
+    path = save(tmp_path, 1, Tied(width=8))
+    with pytest.raises(CheckpointError, match="does not fit this model .*size mismatch"):
+        checkpoint.load_weights(path, Tied(width=12))

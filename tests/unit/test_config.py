@@ -1,0 +1,76 @@
+import tomllib
+
+import pytest
+
+from lmforge.config import Config, from_dict, load_config, parse_overrides, recipe_names
+from lmforge.errors import ConfigError
+from lmforge.rundir import read_run_config, write_config
+
+
+def test_overrides_apply_on_top_of_the_recipe():
+    cfg = load_config("default", parse_overrides(["--train.max_steps=7", "--model.n_layer", "2",
+                                                  "--model.tie_embeddings=false", "--optim.lr=3e-4"]))
+    assert cfg.train.max_steps == 7
+    assert cfg.model.n_layer == 2
+    assert cfg.model.tie_embeddings is False
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.model.n_embd == 256  # from the recipe, untouched
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train.max_step=5"], "unknown config key 'train.max_step'; did you mean 'train.max_steps'?"),
+    (["--max_steps=5"], "did you mean 'train.max_steps'?"),
+    (["--train.max_steps=abc"], "train.max_steps: expected an integer, got 'abc'"),
+    (["--model.bias=maybe"], "model.bias: expected true or false, got 'maybe'"),
+    (["--model.norm=rmsnrm"], "did you mean 'rmsnorm'?"),
+    (["--train.max_steps"], "--train.max_steps needs a value"),
+])
+def test_bad_overrides_name_the_key_and_the_fix(args, message):
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace("(", r"\(")):
+        parse_overrides(args)
+
+
+def test_toml_errors_name_the_section_and_key():
+    with pytest.raises(ConfigError, match=r"unknown section \[modle\]; did you mean \[model\]"):
+        from_dict({"modle": {"n_layer": 2}})
+    with pytest.raises(ConfigError, match="model.n_layer: expected an integer, got '2'"):
+        from_dict({"model": {"n_layer": "2"}})
+    with pytest.raises(ConfigError, match="did you mean 'model.n_embd'"):
+        from_dict({"model": {"n_emb": 2}})
+
+
+def test_batchnorm_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="see future tokens"):
+        load_config("default", {"model.norm": "batchnorm"})
+
+
+def test_impossible_shapes_are_refused():
+    with pytest.raises(ConfigError, match="not divisible"):
+        load_config("default", {"model.n_embd": "100", "model.n_head": "3"})
+    with pytest.raises(ConfigError, match="at least 1"):
+        load_config("default", {"train.batch_size": "0"})
+
+
+def test_every_shipped_recipe_loads():
+    assert {"default", "shakespeare_char"} <= set(recipe_names())
+    for name in recipe_names():
+        assert isinstance(load_config(name), Config)
+
+
+def test_unknown_recipe_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(ConfigError, match="choose one of: .*default"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nn_layer = 2")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(bad))
+
+
+def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
+    cfg = load_config("shakespeare_char", {"train.max_steps": "11", "model.dropout": "0.1"})
+    write_config(cfg, tmp_path)
+    assert read_run_config(tmp_path) == cfg
+    written = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert set(written) == {"run", "data", "tokenizer", "model", "optim", "train", "eval", "checkpoint"}

@@ -1,0 +1,165 @@
+"""Sampling: the filters against their definitions, and generation with a KV cache or a
+carried hidden state against recomputing the whole context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge.config import ModelConfig
+from lmforge.generate import generate_tokens, sample_next
+from lmforge.models.gpt import GPT
+
+
+def model64(*, pos: str = "learned", block_size: int = 64, seed: int = 0) -> GPT:
+    # float64 so that cached and recomputed logits cannot round to different tokens
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=block_size, vocab_size=13,
+                      pos=pos, norm="rmsnorm" if pos == "rope" else "layernorm",
+                      mlp="swiglu" if pos == "rope" else "gelu")
+    torch.manual_seed(seed)
+    return GPT(cfg).double()
+
+
+def run(model, prompt, **kwargs) -> torch.Tensor:
+    return torch.stack(list(generate_tokens(model, prompt, **kwargs)), dim=1)  # (B, new)
+
+
+def seeded(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------- sample_next
+
+def test_greedy_equivalents():
+    logits = torch.randn(6, 50, generator=seeded(0))
+    greedy = logits.argmax(dim=-1)
+    t0 = sample_next(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None)
+    k1 = sample_next(logits, temperature=1.0, top_k=1, top_p=1.0, generator=seeded())
+    p0 = sample_next(logits, temperature=1.0, top_k=0, top_p=1e-6, generator=seeded())
+    for got in (t0, k1, p0):
+        assert got.dtype == torch.long and torch.equal(got, greedy)
+
+
+def test_seeded_sampling_is_reproducible():
+    logits = torch.randn(4, 50, generator=seeded(0))
+
+    def draws(seed: int) -> torch.Tensor:
+        g = seeded(seed)
+        return torch.stack([sample_next(logits, temperature=0.8, top_k=10, top_p=0.9, generator=g)
+                            for _ in range(5)])
+
+    assert torch.equal(draws(3), draws(3))
+    assert not torch.equal(draws(3), draws(4))
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])  # order by likelihood: 1, 3, 2, 0
+    logits = probs.log().expand(4000, 4)
+    g = seeded()
+    k2 = sample_next(logits, temperature=1.0, top_k=2, top_p=1.0, generator=g)
+    assert set(k2.tolist()) == {1, 3}
+    # mass before token 3 is 0.5 < 0.75, before token 2 is 0.8 >= 0.75: keep {1, 3}
+    p75 = sample_next(logits, temperature=1.0, top_k=0, top_p=0.75, generator=g)
+    assert set(p75.tolist()) == {1, 3}
+    assert abs((p75 == 1).float().mean().item() - 0.5 / 0.8) < 0.04  # renormalized mass
+    p85 = sample_next(logits, temperature=1.0, top_k=0, top_p=0.85, generator=g)
+    assert set(p85.tolist()) == {1, 2, 3}
+    full = sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=g)
+    assert abs((full == 0).float().mean().item() - 0.05) < 0.02
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[0.0, 1.0]]).expand(4000, 2)
+    cold = sample_next(logits, temperature=0.25, top_k=0, top_p=1.0, generator=seeded())
+    hot = sample_next(logits, temperature=4.0, top_k=0, top_p=1.0, generator=seeded())
+    # p(1) = sigmoid(1 / T): 0.982 at T=0.25, 0.562 at T=4
+    assert abs(cold.float().mean().item() - 0.982) < 0.02
+    assert abs(hot.float().mean().item() - 0.562) < 0.03
+
+
+def test_bad_settings_fail_before_generation():
+    with pytest.raises(ValueError, match="top_p"):
+        generate_tokens(model64(), torch.zeros(1, 1, dtype=torch.long), max_new_tokens=3, top_p=1.5)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate_tokens(model64(), torch.zeros(2, 0, dtype=torch.long), max_new_tokens=3)
+
+
+# ---------------------------------------------------------------------------- generation
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("block_size,prompt_len,new", [(64, 5, 40), (16, 10, 30)])
+def test_cache_equals_recompute(pos, block_size, prompt_len, new):
+    model = model64(pos=pos, block_size=block_size)
+    prompt = torch.randint(0, 13, (2, prompt_len), generator=seeded(1))
+    greedy = run(model, prompt, max_new_tokens=new, temperature=0.0)
+    assert greedy.shape == (2, new)
+    assert torch.equal(greedy, run(model, prompt, max_new_tokens=new, temperature=0.0,
+                                   use_cache=False))
+    sampled = run(model, prompt, max_new_tokens=new, top_k=8, top_p=0.95, generator=seeded())
+    assert torch.equal(sampled, run(model, prompt, max_new_tokens=new, top_k=8, top_p=0.95,
+                                    generator=seeded(), use_cache=False))
+    assert not torch.equal(sampled, greedy)
+
+
+def test_long_prompt_is_cropped_to_block_size():
+    model = model64(block_size=16)
+    prompt = torch.randint(0, 13, (2, 40), generator=seeded(2))
+    a = run(model, prompt, max_new_tokens=5, temperature=0.0)
+    b = run(model, prompt[:, -16:], max_new_tokens=5, temperature=0.0)
+    assert torch.equal(a, b)
+
+
+def test_streams_and_restores_training_mode():
+    model = model64().train()
+    stream = generate_tokens(model, torch.zeros(3, 1, dtype=torch.long), max_new_tokens=4)
+    first = next(stream)
+    assert first.shape == (3,) and not model.training
+    assert not torch.is_inference_mode_enabled()  # the caller's code between steps
+    assert len(list(stream)) == 3
+    assert model.training
+
+
+class TinyGRU(nn.Module):
+    """A recurrent model that carries its hidden state, with no cache and no block size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(13, 8)
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 13)
+
+    def forward(self, tokens, state=None):
+        out, state = self.rnn(self.emb(tokens), state)
+        return self.head(out), state
+
+
+class Stateless(nn.Module):
+    """A GPT seen through the contract alone: no new_cache, state always None."""
+
+    def __init__(self, gpt: GPT) -> None:
+        super().__init__()
+        self.gpt = gpt
+        self.cfg = gpt.cfg
+
+    def forward(self, tokens, state=None):
+        return self.gpt(tokens)
+
+
+def test_carried_state_equals_recompute():
+    torch.manual_seed(0)
+    rnn = TinyGRU().double()
+    prompt = torch.randint(0, 13, (2, 6), generator=seeded(3))
+    greedy = run(rnn, prompt, max_new_tokens=30, temperature=0.0)
+    assert torch.equal(greedy, run(rnn, prompt, max_new_tokens=30, temperature=0.0,
+                                   use_cache=False))
+    sampled = run(rnn, prompt, max_new_tokens=30, generator=seeded())
+    assert torch.equal(sampled, run(rnn, prompt, max_new_tokens=30, generator=seeded(),
+                                    use_cache=False))
+
+
+def test_model_without_state_is_recomputed():
+    gpt = model64(block_size=16)
+    prompt = torch.randint(0, 13, (2, 10), generator=seeded(4))
+    plain = run(Stateless(gpt), prompt, max_new_tokens=20, generator=seeded())
+    assert torch.equal(plain, run(gpt, prompt, max_new_tokens=20, generator=seeded()))

@@ -1,0 +1,147 @@
+"""The CLI as a user runs it: real subprocesses, real files, a real SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+# A tiny model on a small real corpus, so each run takes a second or two.
+TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
+        "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
+        "--eval.every=50", "--eval.batches=2", "--eval.samples=0", "--checkpoint.every=20",
+        "--optim.warmup_steps=10", "--model.dropout=0.1"]
+
+
+def lmforge(*args, cwd, check=True, **kwargs):
+    proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=600, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The json package's sources, prepared with a char tokenizer."""
+    work = tmp_path_factory.mktemp("cli")
+    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
+            "--out", "data/json", cwd=work)
+    return work
+
+
+def test_prepare_is_idempotent(corpus):
+    manifest = corpus / "data" / "json" / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    proc = lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
+                   "--out", "data/json", cwd=corpus)
+    assert "reusing" in proc.stderr + proc.stdout
+    assert manifest.stat().st_mtime_ns == before
+
+
+def test_kill_resume_eval_generate(corpus):
+    steps = ["--train.max_steps=400"]
+    lmforge("train", *TINY, *steps, "--data.path=data/json", "--run.dir=runs/straight", cwd=corpus)
+    straight = train_losses(corpus / "runs" / "straight")
+    assert sorted(straight) == list(range(1, 401))
+
+    # The same run, killed with SIGKILL once it has saved a checkpoint, then resumed.
+    cmd = [sys.executable, "-m", "lmforge", "train", *TINY, *steps, "--data.path=data/json",
+           "--run.dir=runs/killed"]
+    proc = subprocess.Popen(cmd, cwd=corpus, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = corpus / "runs" / "killed" / "checkpoints" / "step_00000060"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    lmforge("train", "--resume", "runs/killed", cwd=corpus)
+    assert train_losses(corpus / "runs" / "killed") == straight  # bit-identical, every step
+
+    result = json.loads(lmforge("eval", "runs/killed", "--json", cwd=corpus).stdout)
+    assert result["step"] == 400 and result["split"] == "val"
+    assert 0 < result["loss"] < 5 and result["perplexity"] > 1 and result["bits_per_byte"] > 0
+    again = json.loads(lmforge("eval", "runs/straight", "--json", cwd=corpus).stdout)
+    assert again["loss"] == result["loss"]
+
+    args = ["generate", "runs/killed", "--prompt", "def ", "--max-new-tokens", "60", "--seed", "1"]
+    first, second = lmforge(*args, cwd=corpus).stdout, lmforge(*args, cwd=corpus).stdout
+    assert first == second and first.startswith("def ") and len(first) > 10
+    greedy = lmforge("generate", "runs/killed", "--temperature", "0", "--num-samples", "2",
+                     "--max-new-tokens", "20", cwd=corpus).stdout
+    one, two = greedy.split("----- sample 2 -----")
+    assert one.replace("----- sample 1 -----", "").strip() == two.strip()
+
+
+def test_run_dir_is_never_overwritten(corpus):
+    lmforge("train", *TINY, "--train.max_steps=3", "--data.path=data/json", "--run.dir=runs/once",
+            cwd=corpus)
+    config = (corpus / "runs" / "once" / "config.toml").read_text()
+    proc = lmforge("train", *TINY, "--train.max_steps=3", "--data.path=data/json",
+                   "--run.dir=runs/once", cwd=corpus, check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert (corpus / "runs" / "once" / "config.toml").read_text() == config
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prepare", "--data", "missing/*.txt", "--out", "x"], "matched no"),
+    (["prepare", "--data", "nope.txt", "--out", "x"], "data not found: nope.txt"),
+    (["prepare", "--data", "empty", "--out", "x"], "no text"),
+    (["prepare", "--data", "data/json/manifest.json", "--out", "y", "--vocab-size", "100"], "too small"),
+    (["train", "--model.n_layr=2"], "did you mean 'model.n_layer'"),
+    (["train", "--train.max_steps=ten"], "train.max_steps: expected an integer"),
+    (["train", "--data.path=nowhere", "--data.source="], "no prepared dataset at nowhere"),
+    (["train", "--resume", "runs/none"], "run directory not found"),
+    (["train", "--resume", "empty"], "not an lmforge run"),
+    (["eval", "runs/none"], "run directory not found"),
+    (["generate", "empty"], "not an lmforge run"),
+])
+def test_bad_input_is_one_line_and_exit_2(corpus, args, message):
+    (corpus / "empty").mkdir(exist_ok=True)
+    proc = lmforge(*args, cwd=corpus, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_resume_with_another_model_shape_is_refused(corpus):
+    lmforge("train", *TINY, "--train.max_steps=2", "--data.path=data/json", "--run.dir=runs/shape",
+            cwd=corpus)
+    proc = lmforge("train", "--resume", "runs/shape", "--model.n_layer=3", cwd=corpus, check=False)
+    assert proc.returncode == 2
+    assert "model.n_layer: checkpoint 2, config 3" in proc.stderr
+
+
+def test_help_lists_every_verb_and_field(corpus):
+    top = lmforge("--help", cwd=corpus).stdout
+    assert all(verb in top for verb in ("prepare", "train", "eval", "generate"))
+    train_help = lmforge("train", "--help", cwd=corpus).stdout
+    for key in ("--data.path", "--model.arch", "--train.max_steps", "--train.max_minutes", "--run.dir"):
+        assert key in train_help
+
+
+@pytest.mark.slow
+def test_default_job_prepares_stdlib_and_trains(tmp_path):
+    """`lmforge train` with no arguments, shortened: prepares the stdlib with BPE, trains, samples."""
+    proc = lmforge("train", "--train.max_steps=6", "--eval.every=3", "--eval.batches=2",
+                   "--eval.sample_tokens=20", cwd=tmp_path)
+    assert (tmp_path / "data" / "stdlib" / "manifest.json").is_file()
+    run = tmp_path / "runs" / "default"
+    assert (run / "loss.png").is_file() and (run / "samples.txt").is_file()
+    assert "----- sample 1 -----" in proc.stdout
+    second = lmforge("train", "--train.max_steps=2", "--eval.samples=0", cwd=tmp_path)
+    assert "preparing" not in second.stderr  # the prepared corpus is reused
+    assert (tmp_path / "runs" / "default-2" / "config.toml").is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lmforge import __version__
-from lmforge.config import SECTIONS, field_infos, parse_overrides
+from lmforge.config import SECTIONS, coerce, field_infos, parse_overrides
 from lmforge.errors import LmforgeError
 
 
@@ -97,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         if rest and args.verb != "train":
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.verb == "train":
-            from lmforge.commands import train_command
             known = {k: v for k, v in vars(args).items() if "." in k}
-            return train_command(recipe=args.recipe, resume=args.resume,
-                         overrides={**known, **parse_overrides(rest)})
+            for key, value in known.items():
+                coerce(key, value)  # a bad value fails now, before torch is even imported
+            overrides = {**known, **parse_overrides(rest)}
+            from lmforge.commands import train_command
+            return train_command(recipe=args.recipe, resume=args.resume, overrides=overrides)
         from lmforge import commands
         return getattr(commands, f"{args.verb}_command")(args)
     except LmforgeError as err:

@@ -97,7 +97,7 @@ def test_run_dir_is_never_overwritten(corpus):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["prepare", "--data", "missing/*.txt", "--out", "x"], "matched no"),
+    (["prepare", "--data", "missing/*.txt", "--out", "x"], "no files match"),
     (["prepare", "--data", "nope.txt", "--out", "x"], "data not found: nope.txt"),
     (["prepare", "--data", "empty", "--out", "x"], "no text"),
     (["prepare", "--data", "data/json/manifest.json", "--out", "y", "--vocab-size", "100"], "too small"),

@@ -183,6 +183,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg, c = self.cfg, self.counters
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
         log(f"model: {cfg.model.arch}, {self.model.num_params():,} parameters; "
             f"{tokens_per_step:,} tokens per step; device {self.device}")

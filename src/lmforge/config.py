@@ -40,6 +40,41 @@ class DataConfig:
     source: str = option("stdlib", "What to prepare into data.path when it does not exist yet: "
                                    "'stdlib', a file, a directory or a glob. Empty: never prepare.")
     val_fraction: float = option(0.1, "Share of the corpus held out for validation when preparing.")
+    text_field: str = option("text", "JSONL field or Parquet column that holds the text "
+                                     "(other fields are kept as metadata).")
+    split: str = option("", "A corpus's own standard split instead of a hash split, e.g. "
+                            "'modapte' for Reuters-21578 (its train part trains, its test part validates).")
+    workers: int = option(0, "Worker processes for cleaning and tokenizing (0: one per CPU core).")
+    shard_tokens: int = option(100_000_000, "Tokens per shard file at most.")
+
+
+@dataclass
+class CleanConfig:
+    normalize: str = option("NFC", "Unicode normalization: NFC; NFKC also folds full-width forms "
+                                   "and compatibility characters; none leaves text as it is.",
+                            choices=("NFC", "NFKC", "none"))
+    control_chars: bool = option(True, "Remove control characters (newlines and tabs stay).")
+    whitespace: bool = option(True, "Normalize line ends to \\n, drop trailing spaces on lines and "
+                                    "runs of more than two blank lines; indentation stays.")
+    markup: bool = option(False, "Strip HTML/XML tags and decode character entities.")
+    mask_pii: bool = option(False, "Replace e-mail addresses, phone numbers and IP addresses "
+                                   "with <EMAIL>, <PHONE> and <IP>.")
+    lowercase: bool = option(False, "Lower-case all text (hurts a generative model; off by default).")
+    strip_punct: bool = option(False, "Remove punctuation (hurts a generative model; off by default).")
+    min_chars: int = option(1, "Drop documents shorter than this many characters after cleaning.")
+    max_chars: int = option(0, "Drop documents longer than this many characters (0: no bound).")
+    max_dup_line_frac: float = option(0.0, "Drop documents whose share of duplicated lines exceeds "
+                                           "this (0: off; 0.3 is Gopher's rule).")
+    max_dup_ngram_frac: float = option(0.0, "Drop documents whose most frequent word 5-gram covers "
+                                            "more than this share of the words (0: off).")
+    dedup_exact: bool = option(True, "Drop exact duplicates (same text after normalization).")
+    dedup_near: bool = option(False, "Drop near duplicates found by MinHash LSH.")
+    near_threshold: float = option(0.8, "Jaccard similarity above which two documents are near duplicates.")
+    near_num_perm: int = option(128, "MinHash permutations (more: more precise, slower).")
+    segment_chinese: bool = option(False, "Insert spaces between Chinese words (jieba) before "
+                                          "tokenizing, for word-like BPE tokens.")
+    pos_sample: int = option(0, "Tag this many documents with NLTK's part-of-speech tagger and "
+                                "report tag frequencies (0: off).")
 
 
 @dataclass
@@ -122,6 +157,7 @@ class CheckpointConfig:
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -13,9 +13,10 @@ import json
 import os
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.data.document import Document
 from lmforge.errors import DataError
 
 STDLIB = "stdlib"
@@ -25,13 +26,6 @@ _STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests"
                                "idlelib", "__pycache__"})
 _BINARY_PROBE = 8192
 _GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class Document:
-    text: str
-    id: str  # stable across runs: the split by hash depends on it
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, sections: list[str] = SECTIONS) -> None:
     """Every config field as --section.name, so `lmforge train --help` documents them all."""
-    groups = {s: parser.add_argument_group(f"[{s}] options") for s in SECTIONS}
+    groups = {s: parser.add_argument_group(f"[{s}] options") for s in sections}
     for info in field_infos():
         section = info.key.split(".")[0]
+        if section not in groups:
+            continue
         choices = f" One of: {', '.join(info.choices)}." if info.choices else ""
         default = f"{info.default!r}" if info.type is str else f"{info.default}"
         groups[section].add_argument(
@@ -45,13 +47,26 @@ def build_parser() -> Parser:
     p = verbs.add_parser("prepare", help="clean, split and tokenize a corpus into verified shards",
                          allow_abbrev=False)
     p.add_argument("--data", nargs="+", action="extend", required=True, metavar="SOURCE",
-                   help="text files, directories, globs, or 'stdlib' (the Python standard library)")
+                   help="files, directories or globs of text (also .gz .bz2 .xz .zst), JSONL, "
+                        "Parquet, Reuters-21578 (reuters21578.tar.gz or its .sgm files), "
+                        "'stdlib' (the Python standard library), nltk:NAME, hf:NAME[:CONFIG], "
+                        "a URL, or 'tinyshakespeare'")
     p.add_argument("--out", required=True, type=Path, help="directory for the prepared dataset")
     p.add_argument("--tokenizer", default="bpe", choices=("bpe", "char", "byte"),
                    help="tokenizer to train (default: bpe)")
     p.add_argument("--vocab-size", type=int, default=8192, help="bpe vocabulary size (default: 8192)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the corpus held out for validation (default: 0.1)")
+    p.add_argument("--text-field", default="text",
+                   help="JSONL field, Parquet column or dataset column with the text (default: text)")
+    p.add_argument("--split", default="",
+                   help="use the corpus's own standard split, e.g. modapte for Reuters-21578")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes for cleaning and tokenizing (default: one per core)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000,
+                   help="tokens per shard file at most (default: 100,000,000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(p, ["clean"])
 
     p = verbs.add_parser("train", help="train a model (no arguments: the default job)",
                          allow_abbrev=False,
@@ -94,15 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb is None:
             parser.print_help()
             return 0
-        if rest and args.verb != "train":
+        if rest and args.verb not in ("train", "prepare"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        known = {k: v for k, v in vars(args).items() if "." in k}
+        for key, value in known.items():
+            coerce(key, value)  # a bad value fails now, before torch is even imported
+        overrides = {**known, **parse_overrides(rest)}
         if args.verb == "train":
-            known = {k: v for k, v in vars(args).items() if "." in k}
-            for key, value in known.items():
-                coerce(key, value)  # a bad value fails now, before torch is even imported
-            overrides = {**known, **parse_overrides(rest)}
             from lmforge.commands import train_command
             return train_command(recipe=args.recipe, resume=args.resume, overrides=overrides)
+        if args.verb == "prepare":
+            from lmforge.commands import prepare_command
+            return prepare_command(args, overrides=overrides)
         from lmforge import commands
         return getattr(commands, f"{args.verb}_command")(args)
     except LmforgeError as err:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config import Config, load_config, recipe_path
+from lmforge.config import Config, load_config, recipe_path, set_value
 from lmforge.data import shards
+from lmforge.data.document import SourceOptions
 from lmforge.data.prepare import prepare
 from lmforge.errors import DataError, LmforgeError
 from lmforge.evaluate import mean_loss, summarize
@@ -21,13 +22,22 @@ from lmforge.train.metrics import log
 from lmforge.train.trainer import Trainer, resolve_device
 
 
-def prepare_command(args: argparse.Namespace) -> int:
+def prepare_command(args: argparse.Namespace, *, overrides: dict[str, str]) -> int:
     if args.vocab_size < 1:
         raise LmforgeError(f"--vocab-size must be positive, got {args.vocab_size}")
     if not 0.0 < args.val_fraction < 1.0:
         raise LmforgeError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if args.workers < 0:
+        raise LmforgeError(f"--workers must be 0 (one per core) or more, got {args.workers}")
+    cfg = Config()
+    for key, value in overrides.items():
+        if not key.startswith("clean."):
+            raise LmforgeError(f"prepare takes --clean.* options, not --{key}")
+        set_value(cfg, key, value)
     prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-            val_fraction=args.val_fraction, log=log)
+            val_fraction=args.val_fraction, clean=cfg.clean, workers=args.workers,
+            options=SourceOptions(text_field=args.text_field, split=args.split),
+            shard_tokens=args.shard_tokens, log=log, progress=not args.no_progress)
     return 0
 
 
@@ -40,8 +50,11 @@ def ensure_dataset(cfg: Config) -> None:
         raise DataError(f"no prepared dataset at {path}; run `lmforge prepare --data SOURCE "
                         f"--out {path}` or set --data.source")
     log(f"preparing {cfg.data.source} into {path} (done once, reused afterwards)")
-    prepare([cfg.data.source], path, tokenizer=cfg.tokenizer.kind,
-            vocab_size=cfg.tokenizer.vocab_size, val_fraction=cfg.data.val_fraction, log=log)
+    d = cfg.data
+    prepare([d.source], path, tokenizer=cfg.tokenizer.kind, vocab_size=cfg.tokenizer.vocab_size,
+            val_fraction=d.val_fraction, clean=cfg.clean, workers=d.workers,
+            options=SourceOptions(text_field=d.text_field, split=d.split),
+            shard_tokens=d.shard_tokens, log=log, progress=cfg.train.progress)
 
 
 def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[str, str]) -> int:

@@ -33,7 +33,7 @@ def make_docs(directory: Path, count: int) -> dict[str, str]:
     texts = {}
     for i in range(count):
         name = f"sub{i % 3}/doc{i:02d}.txt"
-        texts[name] = f"document {i}: " + "lorem ipsum dolor " * (i + 1)
+        texts[name] = f"document {i}: " + "lorem ipsum dolor " * (i + 1) + "end\n"
         (directory / name).parent.mkdir(exist_ok=True)
         (directory / name).write_text(texts[name])
     return texts
@@ -128,7 +128,7 @@ def test_corrupt_dataset_is_prepared_again(tmp_path):
     make_docs(tmp_path / "corpus", 5)
     out = tmp_path / "ds"
     prepare([str(tmp_path / "corpus")], out, tokenizer="byte", log=quiet)
-    (out / "train.bin").write_bytes(b"\0\0")
+    (out / "train-00000.bin").write_bytes(b"\0\0")
     log = Log()
     prepare([str(tmp_path / "corpus")], out, tokenizer="byte", log=log)
     assert "corrupt" in log[0]

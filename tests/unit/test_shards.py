@@ -13,7 +13,7 @@ def write_dataset(directory, docs_by_split, vocab_size):
             for doc in docs:
                 writer.append_document(doc)
             splits[split] = {**writer.close(), "bytes": 0}
-    manifest = {"format": 1, "dtype": shards.dtype_name(dtype), "splits": splits,
+    manifest = {"format": shards.FORMAT, "dtype": shards.dtype_name(dtype), "splits": splits,
                 "tokenizer": {"kind": "byte", "vocab_size": vocab_size, "eot_id": 0,
                               "dir": "tokenizer"}}
     shards.write_manifest(directory, manifest)
@@ -42,8 +42,8 @@ def test_write_and_read_back(tmp_path, vocab_size):
     np.testing.assert_array_equal(starts, np.cumsum([0] + [len(d) for d in docs[:-1]]))
     assert starts.dtype == np.int64
     entry = manifest["splits"]["train"]
-    assert (entry["file"], entry["tokens"], entry["documents"]) == ("train.bin", len(train), 5)
-    assert (tmp_path / "train.bin").stat().st_size == len(train) * train.dtype.itemsize
+    assert (entry["files"][0]["file"], entry["tokens"], entry["documents"]) == ("train-00000.bin", len(train), 5)
+    assert (tmp_path / "train-00000.bin").stat().st_size == len(train) * train.dtype.itemsize
     assert shards.verify(tmp_path) == manifest
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -64,19 +64,19 @@ def test_ids_that_do_not_fit_are_refused(tmp_path):
 
 def test_flipped_byte_is_detected(tmp_path):
     write_dataset(tmp_path, {"train": [list(range(1000))], "val": [[1, 2, 3]]}, 300)
-    path = tmp_path / "train.bin"
+    path = tmp_path / "train-00000.bin"
     data = bytearray(path.read_bytes())
     data[777] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"train.bin is corrupt \(sha256 mismatch\); prepare"):
+    with pytest.raises(DataError, match=r"train-00000.bin is corrupt \(sha256 mismatch\); prepare"):
         shards.verify(tmp_path)
 
 
 def test_truncated_file_is_detected(tmp_path):
     write_dataset(tmp_path, {"train": [list(range(1000))], "val": [[1, 2, 3]]}, 300)
-    path = tmp_path / "val.bin"
+    path = tmp_path / "val-00000.bin"
     path.write_bytes(path.read_bytes()[:-2])
-    with pytest.raises(DataError, match=r"val.bin is corrupt \(wrong size\)"):
+    with pytest.raises(DataError, match=r"val-00000.bin is corrupt \(wrong size\)"):
         shards.verify(tmp_path)
 
 

@@ -1,172 +1,140 @@
-"""The data pipeline: sources → split → tokenizer → shards, into one dataset directory.
+"""The data pipeline: sources → clean → deduplicate → split → tokenizer → shards.
 
-The corpus is streamed twice (once to train the tokenizer, once to encode), so it never
-has to fit in memory. The dataset is built in a hidden sibling directory and renamed into
-place when complete, so a crash never leaves half a dataset behind, and preparing again
-with the same inputs and settings reuses the result instead of redoing it.
+The dataset is built in a hidden sibling directory and renamed into place when complete,
+so a crash never leaves half a dataset behind, and preparing again with the same inputs
+and settings reuses the result instead of redoing it. See stages.py for the two passes.
 """
 
 from __future__ import annotations
 
-import collections
-import hashlib
+import dataclasses
 import os
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge.data import shards
+from tqdm import tqdm
+
+from lmforge.config import CleanConfig
+from lmforge.data import shards, stages
+from lmforge.data.clean import CleanStats, pos_statistics
+from lmforge.data.document import TRAIN, VAL, SourceOptions
+from lmforge.data.parallel import default_workers
+from lmforge.data.report import (
+    build_report,
+    file_checksums,
+    save_report,
+    summary_lines,
+    top_tokens,
+    versions,
+)
 from lmforge.data.shards import ShardWriter, dtype_for
-from lmforge.data.sources import Document, fingerprint, iter_corpus
-from lmforge.data.tokenizer import KINDS, Tokenizer, train_tokenizer
+from lmforge.data.sources import SourceStats, fingerprint, iter_corpus, source_files
+from lmforge.data.tokenizer import KINDS, train_tokenizer
 from lmforge.errors import DataError
 
 TOKENIZER_DIR = "tokenizer"
-_BATCH_DOCS = 1000
-_BATCH_CHARS = 4_000_000
+# Below this much input, worker processes cost more to start than they save.
+_INLINE_BYTES = 4 << 20
 
 
-def _nbytes(text: str) -> int:
-    return len(text.encode("utf-8", errors="surrogatepass"))
+@dataclasses.dataclass
+class _Run:
+    """Everything one prepare call needs, passed between its phases."""
+
+    sources: list[str]
+    settings: dict[str, Any]
+    options: SourceOptions
+    clean: CleanConfig
+    workers: int
+    log: Callable[[str], None]
+    show_progress: bool
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def progress(self, desc: str, total: int | None) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True,
+                    file=sys.stderr, disable=not (self.show_progress and sys.stderr.isatty()),
+                    leave=False)
 
 
-def _hash_fraction(doc_id: str) -> float:
-    """A document's place in [0, 1): the same id lands in the same split on every run."""
-    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
-
-
-class _Scan:
-    """Counts the corpus while the tokenizer trains on it, and decides each document's split."""
-
-    def __init__(self, val_fraction: float) -> None:
-        self.val_fraction = val_fraction
-        self.documents = self.empty = self.bytes = self.in_val = 0
-        self.has_text = False
-        self._lowest = (2.0, -1)   # (hash, index) of the document nearest to val
-        self._highest = (-1.0, -1)  # and of the one nearest to train
-        self._forced: dict[int, str] = {}
-
-    def texts(self, docs: Iterable[Document]) -> Iterator[str]:
-        for doc in docs:
-            if not doc.text:  # the same test as _numbered: both passes number alike
-                self.empty += 1
-                continue
-            index = self.documents
-            self.documents += 1
-            self.bytes += _nbytes(doc.text)
-            self.has_text = self.has_text or not doc.text.isspace()
-            h = _hash_fraction(doc.id)
-            self.in_val += h < self.val_fraction
-            self._lowest = min(self._lowest, (h, index))
-            self._highest = max(self._highest, (h, index))
-            yield doc.text
-
-    def finish(self) -> None:
-        # With a few documents the hash can put them all on one side; both splits must exist.
-        if self.documents >= 2 and self.in_val == 0:
-            self._forced[self._lowest[1]] = "val"
-        elif self.documents >= 2 and self.in_val == self.documents:
-            self._forced[self._highest[1]] = "train"
-
-    def split_of(self, index: int, doc: Document) -> str:
-        if index in self._forced:
-            return self._forced[index]
-        return "val" if _hash_fraction(doc.id) < self.val_fraction else "train"
-
-
-def _numbered(docs: Iterable[Document]) -> Iterator[tuple[int, Document]]:
-    """The non-empty documents with their index, numbered as _Scan.texts numbers them."""
-    index = 0
-    for doc in docs:
-        if doc.text:
-            yield index, doc
-            index += 1
-
-
-def _write_by_position(docs: Iterable[Document], tok: Tokenizer, writers: dict[str, ShardWriter],
-                       nbytes: dict[str, int], val_fraction: float) -> None:
-    # One document: split its characters as nanoGPT does, without eot, so that char-level
-    # losses compare with nanoGPT's exactly.
-    for _, doc in _numbered(docs):
-        cut = int(len(doc.text) * (1 - val_fraction))
-        for split, part in (("train", doc.text[:cut]), ("val", doc.text[cut:])):
-            writers[split].append_document(tok.encode(part))
-            nbytes[split] += _nbytes(part)
-
-
-def _write_by_hash(docs: Iterable[Document], tok: Tokenizer, writers: dict[str, ShardWriter],
-                   nbytes: dict[str, int], scan: _Scan) -> None:
-    batch: list[tuple[str, str]] = []
-    chars = 0
-
-    def flush() -> None:
-        for (split, text), ids in zip(batch, tok.encode_batch([t for _, t in batch]), strict=True):
-            ids.append(tok.eot_id)
-            writers[split].append_document(ids)
-            nbytes[split] += _nbytes(text)
-        batch.clear()
-
-    for index, doc in _numbered(docs):
-        batch.append((scan.split_of(index, doc), doc.text))
-        chars += len(doc.text)
-        if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
-            flush()
-            chars = 0
-    flush()
-
-
-def _write_splits(sources: list[str], tmp: Path, tok: Tokenizer, scan: _Scan) -> dict[str, Any]:
-    nbytes = {"train": 0, "val": 0}
-    dtype = dtype_for(tok.vocab_size)
-    with ShardWriter(tmp, "train", dtype) as train, ShardWriter(tmp, "val", dtype) as val:
-        writers = {"train": train, "val": val}
-        if scan.documents == 1:
-            _write_by_position(iter_corpus(sources), tok, writers, nbytes, scan.val_fraction)
-        else:
-            _write_by_hash(iter_corpus(sources), tok, writers, nbytes, scan)
-        return {split: {**w.close(), "bytes": nbytes[split]} for split, w in writers.items()}
-
-
-def _build(tmp: Path, settings: dict[str, Any], fp: str, log: Callable[[str], None]) -> dict[str, Any]:
-    sources = settings["sources"]
+def _read_and_clean(run: _Run, tmp: Path) -> tuple[stages.Spool, SourceStats, CleanStats]:
     t0 = time.perf_counter()
-    scan = _Scan(settings["val_fraction"])
-    texts = scan.texts(iter_corpus(sources))
-    tok = train_tokenizer(settings["tokenizer"], texts, vocab_size=settings["vocab_size"])
-    collections.deque(texts, maxlen=0)  # the byte tokenizer learns nothing; count anyway
-    scan.finish()
-    skipped = f" ({scan.empty:,} empty skipped)" if scan.empty else ""
-    size = f"{scan.bytes / 1e6:.1f} MB" if scan.bytes >= 100_000 else f"{scan.bytes:,} bytes"
-    plural = "" if scan.documents == 1 else "s"
-    log(f"read {scan.documents:,} document{plural}, {size} from {', '.join(sources)}{skipped}")
-    if not scan.has_text:
-        raise DataError(f"the corpus at {', '.join(sources)} has no text; "
-                        "give files that contain text")
-    log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} "
-        f"in {time.perf_counter() - t0:.1f}s")
+    src_stats, clean_stats = SourceStats(), CleanStats()
+    files = source_files(run.sources, run.options)
+    total = sum(p.stat().st_size for p in files) or None
+    spool = stages.Spool(tmp / "spool.jsonl")
+    with run.progress("read and clean", total) as bar:
+        stages.spool_documents(iter_corpus(run.sources, run.options, stats=src_stats), spool,
+                               cfg=run.clean, val_fraction=run.settings["val_fraction"],
+                               workers=run.workers, stats=clean_stats, progress=bar.update)
+    run.timing["read_clean"] = time.perf_counter() - t0
+    where = ", ".join(run.sources)
+    run.log(f"read {spool.documents:,} document{'s' * (spool.documents != 1)} "
+            f"({spool.bytes / 1e6:,.1f} MB after cleaning) from {where}")
+    if not spool.has_text:
+        raise DataError(f"the corpus at {where} has no text after cleaning; give files that "
+                        "contain text or loosen the --clean.* filters")
+    return spool, src_stats, clean_stats
+
+
+def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str, Any], stages.SplitCounts]:
+    t0 = time.perf_counter()
+    s = run.settings
+    tok = train_tokenizer(s["tokenizer"], stages.spooled_texts(spool), vocab_size=s["vocab_size"])
     tok.save(tmp / TOKENIZER_DIR)
-    splits = _write_splits(sources, tmp, tok, scan)
-    for split, entry in splits.items():
+    run.timing["tokenizer"] = time.perf_counter() - t0
+    run.log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} in {run.timing['tokenizer']:.1f}s")
+    t0 = time.perf_counter()
+    dtype = dtype_for(tok.vocab_size)
+    with ShardWriter(tmp, TRAIN, dtype, shard_tokens=s["shard_tokens"]) as train, \
+            ShardWriter(tmp, VAL, dtype, shard_tokens=s["shard_tokens"]) as val, \
+            run.progress("tokenize", spool.bytes) as bar:
+        writers = {TRAIN: train, VAL: val}
+        counts = stages.write_shards(spool, tokenizer=tok, tokenizer_dir=tmp / TOKENIZER_DIR,
+                                     writers=writers, workers=run.workers,
+                                     val_fraction=s["val_fraction"], progress=bar.update)
+        splits = {name: {**w.close(), "bytes": counts.bytes[name]} for name, w in writers.items()}
+    run.timing["tokenize"] = time.perf_counter() - t0
+    for name, entry in splits.items():
         if entry["tokens"] == 0:
-            raise DataError(f"the {split} split is empty (0 tokens) at "
-                            f"val_fraction={settings['val_fraction']}; add more data or "
-                            f"{'raise' if split == 'val' else 'lower'} val_fraction")
+            raise DataError(f"the {name} split is empty (0 tokens) at val_fraction="
+                            f"{s['val_fraction']}; add more data or "
+                            f"{'raise' if name == VAL else 'lower'} val_fraction")
     tokens = sum(e["tokens"] for e in splits.values())
-    log(f"tokens: train {splits['train']['tokens']:,}, val {splits['val']['tokens']:,} "
-        f"(split by {'position' if scan.documents == 1 else 'document'}); "
-        f"{scan.bytes / tokens:.2f} bytes per token")
+    how = "position" if spool.by_position else "the source's split" if spool.by_source_split else "document"
+    run.log(f"tokens: train {splits[TRAIN]['tokens']:,}, val {splits[VAL]['tokens']:,} (split by "
+            f"{how}); {spool.bytes / tokens:.2f} bytes per token; "
+            f"{spool.bytes / 1e6 / max(run.timing['tokenize'], 1e-9):.1f} MB/s")
+    return tok, splits, counts
+
+
+def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
+    spool, src_stats, clean_stats = _read_and_clean(run, tmp)
+    tok, splits, counts = _tokenize(run, tmp, spool)
+    pos = None
+    if run.clean.pos_sample:
+        pos = pos_statistics(stages.spooled_texts(spool), sample=run.clean.pos_sample)
+    (tmp / "spool.jsonl").unlink()
+    report = build_report(sources=src_stats, clean=clean_stats.as_dict(), splits=splits,
+                          tokens=top_tokens(counts.token_counts, tok), timing=run.timing, pos=pos)
+    save_report(tmp, report)
+    for line in summary_lines(report):
+        run.log(line)
     manifest = {
         "format": shards.FORMAT,
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
                       "dir": TOKENIZER_DIR},
         "dtype": shards.dtype_name(dtype_for(tok.vocab_size)),
         "splits": splits,
-        "split_by": "position" if scan.documents == 1 else "document",
-        "settings": settings,
+        "split_by": "position" if spool.by_position else "document",
+        "settings": run.settings,
         "fingerprint": fp,
-        "sources": sources,
+        "sources": run.sources,
+        "provenance": {"files": file_checksums(source_files(run.sources, run.options)),
+                       "versions": versions()},
     }
     shards.write_manifest(tmp, manifest)
     return manifest
@@ -178,13 +146,6 @@ def _describe(settings: Any) -> str:
                 f"vocab_size {settings['vocab_size']}, val_fraction {settings['val_fraction']}")
     except (TypeError, KeyError):
         return "made with other settings"
-
-
-def _own_names(manifest: dict[str, Any]) -> set[str]:
-    names = {shards.MANIFEST, manifest.get("tokenizer", {}).get("dir", TOKENIZER_DIR)}
-    for entry in manifest.get("splits", {}).values():
-        names |= {entry.get("file"), entry.get("docs_file")}
-    return names
 
 
 def _existing(out: Path, settings: dict[str, Any], fp: str,
@@ -200,12 +161,15 @@ def _existing(out: Path, settings: dict[str, Any], fp: str,
         return None
     try:
         manifest = shards.read_manifest(out)
-    except DataError:
+    except DataError as err:
+        if "another version" in str(err):
+            log(f"{out} was prepared by another version of lmforge; preparing it again")
+            return None
         raise DataError(f"{out} already holds other files and no lmforge dataset{taken}") from None
     if manifest.get("settings") != settings:
         raise DataError(f"{out} already holds a different dataset "
                         f"({_describe(manifest.get('settings'))}){taken}")
-    extra = sorted(names - _own_names(manifest))
+    extra = sorted(names - shards.own_files(manifest))
     if extra:  # never delete what the user put there
         raise DataError(f"{out} holds files lmforge did not write ({extra[0]}){taken}")
     if manifest.get("fingerprint") != fp:
@@ -235,31 +199,60 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     os.rename(tmp, out)
 
 
-def prepare(sources: list[str], out: Path, *, tokenizer: str = "bpe", vocab_size: int = 8192,
-            val_fraction: float = 0.1, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Prepare `sources` into the dataset directory `out` and return its manifest."""
-    t0 = time.perf_counter()
-    out = Path(out)
+def _settings(sources: list[str], *, tokenizer: str, vocab_size: int, val_fraction: float,
+              options: SourceOptions, clean: CleanConfig, shard_tokens: int) -> dict[str, Any]:
     if not sources:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
     if tokenizer not in KINDS:
         raise DataError(f"unknown tokenizer kind '{tokenizer}'; choose one of {', '.join(KINDS)}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if tokenizer == "bpe" and vocab_size < 257:  # fail before reading the corpus
+        raise DataError(f"tokenizer.vocab_size={vocab_size} is too small for a byte-level BPE "
+                        "tokenizer (needs at least 257); raise it")
+    if shard_tokens < 1:
+        raise DataError(f"shard_tokens must be at least 1, got {shard_tokens}")
     # Only bpe learns a vocabulary of a chosen size; char and byte ignore vocab_size, so it
-    # must not make an otherwise identical dataset look different.
-    settings = {"sources": list(sources), "tokenizer": tokenizer,
-                "vocab_size": vocab_size if tokenizer == "bpe" else 0, "val_fraction": val_fraction}
-    fp = fingerprint(settings["sources"])
+    # must not make an otherwise identical dataset look different. The worker count is not
+    # here either: it never changes the result.
+    return {"sources": list(sources), "tokenizer": tokenizer,
+            "vocab_size": vocab_size if tokenizer == "bpe" else 0, "val_fraction": val_fraction,
+            "text_field": options.text_field, "split": options.split,
+            "clean": dataclasses.asdict(clean), "shard_tokens": shard_tokens}
+
+
+def prepare(sources: list[str], out: Path, *, tokenizer: str = "bpe", vocab_size: int = 8192,
+            val_fraction: float = 0.1, clean: CleanConfig | None = None,
+            options: SourceOptions | None = None, workers: int = 0,
+            shard_tokens: int = 100_000_000, log: Callable[[str], None] = print,
+            progress: bool = True) -> dict[str, Any]:
+    """Prepare `sources` into the dataset directory `out` and return its manifest.
+
+    workers=0 uses one worker process per CPU core, or none for inputs too small to gain."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    options = options or SourceOptions()
+    clean = clean or CleanConfig()
+    settings = _settings(sources, tokenizer=tokenizer, vocab_size=vocab_size,
+                         val_fraction=val_fraction, options=options, clean=clean,
+                         shard_tokens=shard_tokens)
+    fp = fingerprint(settings["sources"], options)
     reused = _existing(out, settings, fp, log)
     if reused is not None:
         log(f"reusing prepared dataset at {out}")
         return reused
+    if workers == 0:
+        local = all(source_files([spec], options) for spec in sources)  # remote sizes are unknown
+        size = sum(p.stat().st_size for p in source_files(list(sources), options))
+        small = local and size < _INLINE_BYTES
+        workers = 0 if small else default_workers()
+    run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
+               workers=workers, log=log, show_progress=progress)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed run with our pid; ours by name
     tmp.mkdir(parents=True)
     try:
-        manifest = _build(tmp, settings, fp, log)
+        manifest = _build(run, tmp, fp)
         try:
             _move_into_place(tmp, out)
         except OSError:

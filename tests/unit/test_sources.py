@@ -1,0 +1,231 @@
+"""Local sources: compression, JSONL, Parquet, stats, fingerprints, on real files in tmp_path."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import random
+import re
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from lmforge.data.document import SourceOptions
+from lmforge.data.sources import SourceStats, fingerprint, iter_corpus, iter_documents, source_files
+from lmforge.errors import DataError
+
+COMPRESS = {
+    "gz": gzip.compress,
+    "bz2": lambda data: bz2.compress(data, compresslevel=1),  # 100 kB blocks: cuts land mid-stream
+    "xz": lzma.compress,
+    "zst": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+def words(n: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    vocab = ["alpha", "beta", "gamma", "delta", "épée", "naïve", "日本", "\n"]
+    return " ".join(rng.choice(vocab) + str(rng.randrange(1000)) for _ in range(n))
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESS))
+def test_compressed_text_round_trips(tmp_path, ext):
+    text = words(5000)
+    path = write(tmp_path / f"a.txt.{ext}", COMPRESS[ext](text.encode()))
+    [doc] = iter_documents(str(path))
+    assert doc.text == text and doc.id == f"a.txt.{ext}"
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESS))
+def test_compressed_jsonl_round_trips(tmp_path, ext):
+    rows = [{"text": words(50, seed=i), "n": i} for i in range(20)]
+    path = write(tmp_path / f"a.jsonl.{ext}", COMPRESS[ext](jsonl(rows)))
+    docs = list(iter_documents(str(path)))
+    assert [d.text for d in docs] == [r["text"] for r in rows]
+    assert [d.meta for d in docs] == [{"n": i} for i in range(20)]
+
+
+def test_zstd_with_several_frames_reads_them_all(tmp_path):
+    # zstd -c a b > ab.zst and parallel compressors write one frame per piece.
+    parts = [words(3000, seed=s).encode() for s in range(3)]
+    path = write(tmp_path / "ab.txt.zst", b"".join(COMPRESS["zst"](p) for p in parts))
+    [doc] = iter_documents(str(path))
+    assert doc.text == b"".join(parts).decode()
+
+
+@pytest.mark.parametrize("ext", sorted(COMPRESS))
+def test_truncated_compressed_file_names_file_and_offset(tmp_path, ext):
+    data = words(200_000).encode()
+    packed = COMPRESS[ext](data)
+    path = write(tmp_path / f"a.txt.{ext}", packed[: len(packed) // 2])
+    with pytest.raises(DataError, match=r"is truncated or corrupt after [\d,]+ bytes") as info:
+        list(iter_documents(str(path)))
+    message = str(info.value)
+    assert str(path) in message and "re-download or re-compress it" in message
+    offset = int(re.search(r"after ([\d,]+) bytes", message).group(1).replace(",", ""))
+    assert 0 < offset < len(data)  # it got somewhere before the cut, not to the end
+
+
+def test_truncated_jsonl_gz_also_reports_offset(tmp_path):
+    rows = [{"text": words(100, seed=i)} for i in range(500)]
+    packed = gzip.compress(jsonl(rows))
+    path = write(tmp_path / "a.jsonl.gz", packed[: len(packed) * 3 // 4])
+    docs = []
+    with pytest.raises(DataError, match=r"a\.jsonl\.gz is truncated or corrupt after [\d,]+ bytes"):
+        docs.extend(iter_documents(str(path)))
+    assert 0 < len(docs) < 500  # lines before the cut were already read, in a stream
+
+
+def test_file_that_is_not_gzip_gives_data_error(tmp_path):
+    path = write(tmp_path / "a.txt.gz", b"plain text, not gzip")
+    with pytest.raises(DataError, match="truncated or corrupt after 0 bytes"):
+        list(iter_documents(str(path)))
+
+
+def test_jsonl_text_field_meta_and_ids(tmp_path):
+    rows = [{"body": "first", "id": "x1", "lang": "en"}, {"body": "second", "tags": [1, 2]},
+            {"body": None, "note": "null text is an empty document"}]
+    data = jsonl(rows[:1]) + b"\n   \n" + jsonl(rows[1:])  # blank lines are skipped
+    path = write(tmp_path / "d" / "a.ndjson", data)
+    docs = list(iter_documents(str(path), SourceOptions(text_field="body")))
+    assert [d.text for d in docs] == ["first", "second", ""]
+    assert [d.id for d in docs] == ["a.ndjson:x1", "a.ndjson:4", "a.ndjson:5"]
+    assert docs[0].meta == {"id": "x1", "lang": "en"} and docs[1].meta == {"tags": [1, 2]}
+    in_dir = [d.id for d in iter_documents(str(tmp_path / "d"), SourceOptions(text_field="body"))]
+    assert in_dir == [d.id for d in docs]
+
+
+def test_jsonl_line_that_is_not_json(tmp_path):
+    path = write(tmp_path / "a.jsonl", b'{"text": "ok"}\n{"text": broken}\n')
+    with pytest.raises(DataError, match=r"a\.jsonl line 2 is not JSON"):
+        list(iter_documents(str(path)))
+    path = write(tmp_path / "b.jsonl", b'["a list"]\n')
+    with pytest.raises(DataError, match=r"b\.jsonl line 1 is a JSON list, not an object"):
+        list(iter_documents(str(path)))
+
+
+def test_jsonl_missing_text_field_lists_fields(tmp_path):
+    path = write(tmp_path / "a.jsonl", jsonl([{"text": "a"}, {"content": "b", "url": "u"}]))
+    with pytest.raises(DataError, match=r"a\.jsonl line 2 has no field 'text' \(fields: content, url\)"):
+        list(iter_documents(str(path)))
+
+
+def write_parquet(path: Path, rows: dict, row_group_size: int) -> Path:
+    pq.write_table(pa.table(rows), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_reads_every_row_group_in_order(tmp_path):
+    rows = {"content": [f"row {i}" for i in range(5)], "score": [i / 2 for i in range(5)]}
+    path = write_parquet(tmp_path / "t.parquet", rows, row_group_size=3)
+    assert pq.ParquetFile(path).num_row_groups == 2
+    docs = list(iter_documents(str(path), SourceOptions(text_field="content")))
+    assert [d.text for d in docs] == rows["content"]
+    assert [d.id for d in docs] == [f"t.parquet:{i}" for i in range(5)]
+    assert [d.meta for d in docs] == [{"score": s} for s in rows["score"]]
+
+
+def test_parquet_missing_column_lists_columns(tmp_path):
+    path = write_parquet(tmp_path / "t.parquet", {"body": ["a"], "url": ["u"]}, row_group_size=1)
+    with pytest.raises(DataError, match=r"t\.parquet has no column 'text' \(columns: body, url\)"):
+        list(iter_documents(str(path)))
+
+
+def test_truncated_parquet_gives_data_error(tmp_path):
+    good = write_parquet(tmp_path / "t.parquet", {"text": ["a"] * 100}, row_group_size=10)
+    path = write(tmp_path / "cut.parquet", good.read_bytes()[:-20])
+    with pytest.raises(DataError, match=r"cut\.parquet is not a readable Parquet file"):
+        list(iter_documents(str(path)))
+
+
+def test_stats_count_binary_skipped_and_invalid_utf8(tmp_path):
+    corpus = tmp_path / "corpus"
+    write(corpus / "good.txt", "plain ünïcode".encode())
+    write(corpus / "latin1.txt", "café".encode("latin-1"))  # invalid UTF-8: é is one byte
+    write(corpus / "image.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    write(corpus / "packed.bin.gz", gzip.compress(b"\0\1\2" * 100))  # binary once decompressed
+    write(corpus / "rows.jsonl", b'{"text": "ok"}\n{"text": "bad \xff byte"}\n')
+    stats = SourceStats()
+    docs = list(iter_corpus([str(corpus)], stats=stats))
+    assert [d.id for d in docs] == ["good.txt", "latin1.txt", "rows.jsonl:1", "rows.jsonl:2"]
+    assert docs[1].text == "caf\ufffd" and docs[3].text == "bad \ufffd byte"
+    assert stats.binary_skipped == 2 and stats.files_read == 3 and stats.invalid_utf8_docs == 2
+    read = ["good.txt", "latin1.txt", "rows.jsonl"]
+    assert stats.bytes_read == sum((corpus / name).stat().st_size for name in read)
+
+
+def test_named_binary_file_is_read_not_skipped(tmp_path):
+    path = write(tmp_path / "blob.dat", b"a\0b")
+    stats = SourceStats()
+    [doc] = iter_corpus([str(path)], stats=stats)
+    assert doc.text == "a\0b" and stats.binary_skipped == 0
+
+
+def test_tar_without_reuters_members(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("notes.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    path = write(tmp_path / "d" / "other.tar.gz", buf.getvalue())
+    with pytest.raises(DataError, match="tar archive without reut2-"):
+        list(iter_documents(str(path)))
+    write(tmp_path / "d" / "a.txt", b"text")
+    stats = SourceStats()
+    assert [d.id for d in iter_corpus([str(tmp_path / "d")], stats=stats)] == ["a.txt"]
+    assert stats.binary_skipped == 1
+
+
+def test_source_files_and_fingerprint_follow_the_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    write(corpus / "b.txt", b"b")
+    write(corpus / "a" / "z.jsonl.gz", gzip.compress(jsonl([{"text": "z"}])))
+    spec = [str(corpus), "https://example.com/data.txt", "nltk:gutenberg", "hf:user/set:cfg"]
+    # Reading order: a directory's own files, then its subdirectories, each sorted.
+    assert source_files(spec) == [corpus / "b.txt", corpus / "a" / "z.jsonl.gz"]
+    before = fingerprint(spec)
+    assert fingerprint(spec) == before
+    assert fingerprint(spec[:3]) != before  # a remote spec counts by its string
+    assert fingerprint(spec, SourceOptions(text_field="body")) != before
+    assert fingerprint(spec, SourceOptions(split="modapte")) != before
+    (corpus / "b.txt").write_bytes(b"c")  # same size: the mtime tells
+    st = (corpus / "b.txt").stat()
+    os.utime(corpus / "b.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert fingerprint(spec) != before
+    changed = fingerprint(spec)
+    write(corpus / "c.txt", b"new")
+    assert fingerprint(spec) != changed and source_files(spec)[1] == corpus / "c.txt"
+
+
+@pytest.mark.parametrize("name", ["a.txt", "a.jsonl", "a.txt.gz"])
+def test_split_on_a_source_without_one_errors(tmp_path, name):
+    data = b'{"text": "x"}\n' if name.endswith("jsonl") else b"x"
+    path = write(tmp_path / name, gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(DataError, match="only Reuters-21578 has one"):
+        list(iter_documents(str(path), SourceOptions(split="modapte")))
+    with pytest.raises(DataError, match="only Reuters-21578 has one"):
+        list(iter_documents("stdlib", SourceOptions(split="modapte")))
+
+
+def test_empty_jsonl_has_no_documents(tmp_path):
+    path = write(tmp_path / "a.jsonl", b"\n\n")
+    with pytest.raises(DataError, match="no text files in"):
+        list(iter_documents(str(path)))

@@ -13,6 +13,7 @@ which kind it is.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,23 @@ KINDS = ("bpe", "char", "byte")
 _REPLACEMENT = "\ufffd"
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """The interface every kind implements."""
 
     kind: str
     vocab_size: int
     eot_id: int
 
+    @abstractmethod
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """Token ids of `text`."""
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
-        raise NotImplementedError
+        """The text of `ids`; never raises on a sequence that cuts a character in half."""
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)

@@ -14,7 +14,6 @@ file is on disk, so a crash during a save leaves the previous checkpoints as the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lmforge.errors import CheckpointError
+from lmforge.files import sha256_file
 
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
 _PREFIX = "step_"
@@ -34,14 +34,6 @@ _TMP = ".tmp-"
 
 def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_pointer(directory: Path, name: str, target: str) -> None:
@@ -71,7 +63,7 @@ def save_checkpoint(run_dir: Path, *, step: int, model: nn.Module, optimizer: to
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer.pt")
         meta = {"step": step, "model": model_config,
-                "sha256": {f: _sha256(tmp / f) for f in _FILES}}
+                "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, final)
     _write_pointer(root, "latest", name)
@@ -106,7 +98,7 @@ def verify(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         raise CheckpointError(f"{path} is incomplete (meta.json missing or unreadable)") from None
     for name, digest in meta["sha256"].items():
-        if not (path / name).is_file() or _sha256(path / name) != digest:
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
             raise CheckpointError(f"{path / name} is corrupt (sha256 mismatch)")
     return meta
 

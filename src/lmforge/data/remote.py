@@ -27,6 +27,7 @@ from typing import Any
 
 from lmforge.data.document import TRAIN, VAL, Document, SourceOptions
 from lmforge.errors import DataError
+from lmforge.files import sha256_file
 
 Log = Callable[[str], None]
 
@@ -59,14 +60,6 @@ def _say(message: str) -> None:
 
 
 # ---------------------------------------------------------------- downloads with a cache
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _cache_path(url: str, cache_dir: Path, filename: str | None) -> Path:
     """Keyed by the URL, and ending in the URL's file name so readers can go by its suffix."""
@@ -133,7 +126,7 @@ def _failure(url: str, reason: object, hint: str) -> DataError:
 def _fetch(url: str, dest: Path, *, sha256: str | None, log: Log, hint: str) -> Path:
     """`url` into `dest` through `dest.part`, checked against sha256, renamed when whole."""
     if dest.exists():
-        if sha256 is None or _file_sha256(dest) == sha256:
+        if sha256 is None or sha256_file(dest) == sha256:
             return dest
         log(f"{dest} does not match its sha256; downloading it again")
         dest.unlink()
@@ -152,7 +145,7 @@ def _fetch(url: str, dest: Path, *, sha256: str | None, log: Log, hint: str) -> 
     else:
         raise _failure(url, f"the connection closed early {_ATTEMPTS} times; "
                        f"{part.stat().st_size} bytes kept to resume from", hint)
-    if sha256 is not None and (actual := _file_sha256(part)) != sha256:
+    if sha256 is not None and (actual := sha256_file(part)) != sha256:
         part.unlink()
         raise DataError(f"{url} does not match its checksum: expected sha256 {sha256}, "
                         f"got {actual}; the download was deleted. Check the address, "

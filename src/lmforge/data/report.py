@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lmforge.files import sha256_file
 
 _PACKAGES = ("lmforge", "tokenizers", "numpy", "pyarrow", "datasketch", "nltk", "zstandard",
              "datasets", "jieba")
@@ -35,11 +36,7 @@ def versions() -> dict[str, str]:
 def file_checksums(paths: list[Path]) -> list[dict[str, Any]]:
     out = []
     for path in paths:
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(block)
-        out.append({"path": str(path), "bytes": path.stat().st_size, "sha256": sha.hexdigest()})
+        out.append({"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return out
 
 

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import DataError
+from lmforge.files import sha256_file
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 FORMAT = 2
-_CHUNK = 1 << 20
 # Explicit byte order: a dataset prepared on one machine must read the same on another.
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
@@ -149,16 +149,6 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            sha.update(view[:n])
-    return sha.hexdigest()
-
-
 def verify(directory: Path) -> dict[str, Any]:
     """The manifest, after checking every shard's size and sha256 against it."""
     directory = Path(directory)
@@ -172,7 +162,7 @@ def verify(directory: Path) -> dict[str, Any]:
                 raise DataError(f"{path} is missing; prepare the dataset again")
             if path.stat().st_size != shard["tokens"] * itemsize:
                 raise DataError(corrupt.format("wrong size"))
-            if _sha256(path) != shard["sha256"]:
+            if sha256_file(path) != shard["sha256"]:
                 raise DataError(corrupt.format("sha256 mismatch"))
         if not (directory / entry["docs_file"]).is_file():
             raise DataError(f"{directory / entry['docs_file']} is missing; prepare the dataset again")

@@ -86,7 +86,8 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = option("gpt", "Model family.", choices=("gpt",))
+    arch: str = option("gpt", "Model family: a Transformer or a recurrent network (tanh RNN, "
+                                  "LSTM, GRU).", choices=("gpt", "rnn", "lstm", "gru"))
     n_layer: int = option(4, "Number of Transformer blocks.")
     n_head: int = option(4, "Attention heads per block; must divide model.n_embd.")
     n_embd: int = option(256, "Width of the residual stream.")

@@ -30,7 +30,6 @@ import html
 import ipaddress
 import itertools
 import re
-import sys
 import unicodedata
 import zlib
 from collections import Counter
@@ -94,13 +93,21 @@ def _blank(text: str) -> bool:
 
 # ---------------------------------------------------------------- transforming steps
 
+# Planes 2-3 hold only CJK ideographs (Lo), 4-13 are unassigned and 15-16 are private use
+# (Co), so control, format and punctuation characters (the categories asked for here) lie in
+# planes 0, 1 and 14. Scanning those alone is 5x faster, and each worker process pays it.
+_SCANNED = (range(0x20000), range(0xE0000, 0xF0000))
+
+
 @functools.cache
 def _category_points(categories: str, keep: str = "") -> tuple[int, ...]:
     """Code points whose category starts with one of the space-separated `categories`, minus
-    `keep`: a constant table, built once per process (~0.1 s)."""
+    `keep`: a constant table, built once per process."""
     cats, kept = tuple(categories.split()), set(keep)
-    return tuple(c for c in range(sys.maxunicode + 1)
-                 if unicodedata.category(chr(c)).startswith(cats) and chr(c) not in kept)
+    assert not any(c.startswith(("L", "Co", "Cn")) for c in cats), "not in the scanned planes"
+    category = unicodedata.category
+    return tuple(c for c in itertools.chain(*_SCANNED)
+                 if category(chr(c)).startswith(cats) and chr(c) not in kept)
 
 
 @functools.cache
@@ -144,6 +151,7 @@ def _control_chars(text: str, cfg: CleanConfig) -> str:
 
 
 _BLANK_RUN = re.compile(r"\n{4,}")  # three or more blank lines between two lines
+_LEADING_BLANKS = re.compile(r"\A\n{3,}")  # at the start, n newlines are n blank lines
 
 
 def _strip_trailing(text: str) -> str:
@@ -156,8 +164,10 @@ def _strip_trailing(text: str) -> str:
 def _whitespace(text: str, cfg: CleanConfig) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _BLANK_RUN.sub("\n\n\n", _strip_trailing(text))
-    return re.sub(r"\A\n{3,}", "\n\n", text)  # at the start, n newlines are n blank lines
+    text = _strip_trailing(text)
+    if "\n\n\n" in text:  # the common case has no run to shorten: skip two regex scans
+        text = _LEADING_BLANKS.sub("\n\n", _BLANK_RUN.sub("\n\n\n", text))
+    return text
 
 
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)

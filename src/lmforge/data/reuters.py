@@ -41,23 +41,31 @@ def check_split(split: str) -> None:
                         f"{', '.join(SPLITS)} (or no split, to split by document hash)")
 
 
-def _element(name: str, body: str) -> str | None:
-    match = re.search(rf"<{name}\b[^>]*>(.*?)</{name}>", body, re.DOTALL)
+# The top-level fields of a <REUTERS> element, found in one scan; then TITLE and BODY inside TEXT.
+_FIELDS = re.compile(r"<(DATE|TOPICS|PLACES|PEOPLE|ORGS|EXCHANGES|TEXT)\b[^>]*>(.*?)</\1>",
+                     re.DOTALL)
+_TITLE = re.compile(r"<TITLE>(.*?)</TITLE>", re.DOTALL)
+_BODY = re.compile(r"<BODY>(.*?)</BODY>", re.DOTALL)
+
+
+def _inner(pattern: re.Pattern[str], text: str) -> str | None:
+    match = pattern.search(text)
     return match.group(1) if match else None
 
 
 def _clean(sgml: str) -> str:
-    return _CONTROL.sub("", html.unescape(sgml)).strip()
+    if "&" in sgml:  # unescape is the costly part, and most fields have no entity
+        sgml = html.unescape(sgml)
+    return _CONTROL.sub("", sgml).strip()
 
 
-def _codes(name: str, body: str) -> list[str]:
-    return [_clean(d) for d in _D.findall(_element(name, body) or "")]
+def _codes(fields: dict[str, str], name: str) -> list[str]:
+    return [_clean(d) for d in _D.findall(fields.get(name, ""))]
 
 
-def _text(body: str) -> str:
+def _text(text: str) -> str:
     """Title and body; BRIEF stories have only a title, UNPROC ones only raw TEXT."""
-    text = _element("TEXT", body) or ""
-    title, story = _element("TITLE", text), _element("BODY", text)
+    title, story = _inner(_TITLE, text), _inner(_BODY, text)
     title = _clean(title) if title is not None else ""
     if story is not None:
         story = _clean(story)
@@ -78,10 +86,11 @@ def parse(data: bytes, *, source: str, split: str, stats: SourceStats) -> Iterat
         except (KeyError, ValueError):
             raise DataError(f"{source}: a <REUTERS> element at byte {match.start():,} has no "
                             "numeric NEWID; is this a Reuters-21578 file?") from None
+        fields = dict(_FIELDS.findall(body))
         meta: dict = {
-            "topics": _codes("TOPICS", body), "places": _codes("PLACES", body),
-            "people": _codes("PEOPLE", body), "orgs": _codes("ORGS", body),
-            "exchanges": _codes("EXCHANGES", body), "date": _clean(_element("DATE", body) or ""),
+            "topics": _codes(fields, "TOPICS"), "places": _codes(fields, "PLACES"),
+            "people": _codes(fields, "PEOPLE"), "orgs": _codes(fields, "ORGS"),
+            "exchanges": _codes(fields, "EXCHANGES"), "date": _clean(fields.get("DATE", "")),
             "newid": newid, "lewissplit": attrs.get("LEWISSPLIT", ""),
             "cgisplit": attrs.get("CGISPLIT", ""),
         }
@@ -90,7 +99,7 @@ def parse(data: bytes, *, source: str, split: str, stats: SourceStats) -> Iterat
             if part is None:
                 continue
             meta["split"] = part
-        yield Document(text=_text(body), id=f"reuters:{newid}", meta=meta)
+        yield Document(text=_text(fields.get("TEXT", "")), id=f"reuters:{newid}", meta=meta)
 
 
 def _members(stream: IO[bytes], source: str) -> list[tuple[str, bytes]]:

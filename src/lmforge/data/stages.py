@@ -114,15 +114,22 @@ class Spool:
         return self.documents == 1 and self.by_source_split == 0
 
 
+def _record(doc: Document, split: str) -> bytes:
+    # Not ASCII-escaped: CJK text stays a third of the size, and UTF-8 is what the tokenizer reads.
+    line = json.dumps({"id": doc.id, "split": split, "text": doc.text}, ensure_ascii=False)
+    return line.encode("utf-8", errors="surrogatepass") + b"\n"
+
+
 def spool_documents(docs: Iterable[Document], spool: Spool, *, cfg: CleanConfig,
                     val_fraction: float, workers: int, stats: CleanStats,
                     progress: Callable[[int], None]) -> None:
     dedup = Deduplicator(cfg)
-    with open(spool.path, "w", encoding="utf-8", errors="surrogatepass") as out:
+    with open(spool.path, "wb") as out:
         batches = batched(docs, size=lambda d: len(d.text))
         for kept, batch_stats in ordered_map(clean_batch, batches, workers=workers,
                                              initializer=init_clean, initargs=(cfg,)):
             stats.merge(batch_stats)
+            lines = []
             for doc, key in kept:
                 size = nbytes(doc.text)
                 progress(size)
@@ -131,9 +138,10 @@ def spool_documents(docs: Iterable[Document], spool: Spool, *, cfg: CleanConfig,
                 split = spool.split_of(spool.documents, doc, val_fraction)
                 spool.in_val += split == VAL
                 spool.has_text = spool.has_text or not doc.text.isspace()
-                out.write(json.dumps({"id": doc.id, "split": split, "text": doc.text}) + "\n")
+                lines.append(_record(doc, split))
                 spool.documents += 1
                 spool.bytes += size
+            out.write(b"".join(lines))
     spool.balance()
 
 
@@ -142,12 +150,32 @@ def spooled_texts(spool: Spool) -> Iterator[str]:
         yield text
 
 
+def _parse_record(line: bytes) -> tuple[str, str]:
+    record = json.loads(line.decode("utf-8", errors="surrogatepass"))
+    return record["split"], record["text"]
+
+
 def spooled(spool: Spool) -> Iterator[tuple[int, str, str]]:
     """(index, split, text) of every spooled document, with the balancing applied."""
-    with open(spool.path, encoding="utf-8", errors="surrogatepass") as fh:
+    with open(spool.path, "rb") as fh:
         for index, line in enumerate(fh):
-            record = json.loads(line)
-            yield index, spool.forced.get(index, record["split"]), record["text"]
+            split, text = _parse_record(line)
+            yield index, spool.forced.get(index, split), text
+
+
+def spool_ranges(spool: Spool) -> Iterator[tuple[str, int, int, int]]:
+    """(path, first index, byte offset, byte length) of batches of whole spooled lines, so the
+    workers read and parse the text themselves and only token ids cross between processes."""
+    start = offset = index = first = 0
+    with open(spool.path, "rb") as fh:
+        for line in fh:
+            offset += len(line)
+            index += 1
+            if index - first >= BATCH_DOCS or offset - start >= BATCH_CHARS:
+                yield str(spool.path), first, start, offset - start
+                start, first = offset, index
+    if offset > start:
+        yield str(spool.path), first, start, offset - start
 
 
 # --- pass 2: tokenize, write shards ---------------------------------------------------------
@@ -161,12 +189,16 @@ def init_encode(tokenizer_dir: str, single_thread: bool) -> None:
     _tokenizer = load_tokenizer(Path(tokenizer_dir))
 
 
-def encode_records(batch: list[tuple[int, str, str]]) -> list[tuple[str, int, np.ndarray]]:
-    """Worker: (split, UTF-8 bytes, token ids) of each spooled record; ids as compact arrays,
-    cheap to send back."""
-    ids_list = _tokenizer.encode_batch([text for _, _, text in batch])
-    return [(split, nbytes(text), np.asarray(ids, dtype=np.uint32))
-            for (_, split, text), ids in zip(batch, ids_list, strict=True)]
+def encode_range(task: tuple[str, int, int, int]) -> tuple[int, list[tuple[str, int, np.ndarray]]]:
+    """Worker: read a batch of spooled records and return the first one's index and the
+    (split, UTF-8 bytes, token ids) of each; ids as compact arrays, cheap to send back."""
+    path, first, offset, length = task
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        records = [_parse_record(line) for line in fh.read(length).splitlines()]
+    ids_list = _tokenizer.encode_batch([text for _, text in records])
+    return first, [(split, nbytes(text), np.asarray(ids, dtype=np.uint32))
+                   for (split, text), ids in zip(records, ids_list, strict=True)]
 
 
 @dataclass
@@ -195,12 +227,13 @@ def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
                 counts.bytes[split] += nbytes(part)
             progress(nbytes(text))
         return counts
-    batches = batched(spooled(spool), size=lambda record: len(record[2]))
     eot = np.asarray([tokenizer.eot_id], dtype=np.uint32)
-    for records in ordered_map(encode_records, batches, workers=workers, initializer=init_encode,
-                               initargs=(str(tokenizer_dir), workers > 0)):
+    for first, records in ordered_map(encode_range, spool_ranges(spool), workers=workers,
+                                      initializer=init_encode,
+                                      initargs=(str(tokenizer_dir), workers > 0)):
         written = []
-        for split, size, ids in records:
+        for index, (split, size, ids) in enumerate(records, start=first):
+            split = spool.forced.get(index, split)
             ids = np.concatenate([ids, eot])
             writers[split].append_document(ids)
             written.append(ids)

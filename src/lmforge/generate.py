@@ -9,6 +9,7 @@ A longer prompt is cropped to its last block_size tokens. Once a KV cache is ful
 step starts a fresh cache and prefills it with the last block_size tokens, so every later
 step recomputes a full window: exactly what generation without a cache computes, and slower
 than shifting a window, but a learned-position model cannot shift its cache anyway.
+Recurrent models (`model.recurrent`) are never cropped: their state carries the whole history.
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def generate_tokens(model: nn.Module, prompt: Tensor, *, max_new_tokens: int,
 
 def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache: bool,
             sampling: dict[str, Any]) -> Iterator[Tensor]:
-    block_size: int | None = getattr(getattr(model, "cfg", None), "block_size", None)
+    # a recurrent model's state summarizes all it has seen: no window to crop to
+    recurrent = getattr(model, "recurrent", False)
+    block_size: int | None = None if recurrent else getattr(getattr(model, "cfg", None),
+                                                            "block_size", None)
     context = prompt[:, -block_size:] if block_size else prompt  # (B, <= block_size)
     state: Any = None
     in_state = 0  # tokens the state has seen

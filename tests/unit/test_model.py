@@ -205,7 +205,7 @@ def test_meta_build_then_init_equals_direct_build():
 
 
 def test_registry_and_errors():
-    assert MODELS == {"gpt": GPT}
+    assert MODELS["gpt"] is GPT and {"rnn", "lstm", "gru"} <= MODELS.keys()
     assert isinstance(build_model(tiny()), GPT)
     with pytest.raises(ConfigError, match="known: gpt"):
         build_model(tiny(arch="mamba"))

@@ -7,8 +7,11 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT
+from lmforge.models.rnn import RecurrentLM
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
+# the recurrent names share one class, which reads its cell from cfg.arch
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "rnn": RecurrentLM, "lstm": RecurrentLM,
+                                      "gru": RecurrentLM}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

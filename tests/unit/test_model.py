@@ -32,13 +32,11 @@ def gpt(cfg: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
 def reference_attention(attn: CausalSelfAttention, x: torch.Tensor, *, rope_theta: float | None):
     """softmax(Q K^T / sqrt(d) + causal mask) V, written out in float64."""
     x = x.double()
-    w = attn.c_attn.weight.double()
-    b = attn.c_attn.bias.double()
     B, T, C = x.shape
-    nh = attn.n_head
-    hs = C // nh
-    qkv = x @ w.T + b
-    q, k, v = (t.reshape(B, T, nh, hs).permute(0, 2, 1, 3) for t in qkv.split(C, dim=-1))
+    hs = attn.head_dim
+    nh = C // hs
+    q, k, v = (x @ p.weight.double().T + p.bias.double() for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k, v = (t.reshape(B, T, nh, hs).permute(0, 2, 1, 3) for t in (q, k, v))
     if rope_theta is not None:
         # the same rotation as complex numbers: (x_i + j x_{i+hs/2}) * e^{j pos theta^(-2i/hs)}
         freqs = rope_theta ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
@@ -155,7 +153,7 @@ def test_gpt2_init():
     std = model.blocks[0].mlp.c_fc.weight.std().item()
     assert abs(std - 0.02) / 0.02 < 0.1
     assert abs(model.wte.weight.std().item() - 0.02) / 0.02 < 0.1
-    assert torch.count_nonzero(model.blocks[0].attn.c_attn.bias) == 0
+    assert torch.count_nonzero(model.blocks[0].attn.q_proj.bias) == 0
     assert torch.equal(model.blocks[0].norm1.weight, torch.ones(256))
 
 
@@ -169,7 +167,7 @@ def test_tied_embeddings_share_storage():
 
 def test_num_params_equals_hand_count():
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=10, bias=True)
-    # wte 10*8 + wpe 8*8 + block (ln 16, c_attn 8*24+24, c_proj 64+8, ln 16,
+    # wte 10*8 + wpe 8*8 + block (ln 16, q/k/v 3*(8*8+8), c_proj 64+8, ln 16,
     # c_fc 8*32+32, c_proj 32*8+8) + ln_f 16; lm_head tied
     block = 16 + 216 + 72 + 16 + 288 + 264
     model = GPT(cfg)
@@ -180,7 +178,7 @@ def test_num_params_equals_hand_count():
     llama = dataclasses.replace(cfg, bias=False, norm="rmsnorm", mlp="swiglu", pos="rope",
                                 tie_embeddings=False)
     assert swiglu_hidden(8, 4.0) == 24  # int(21.33) = 21, rounded up to 24
-    # wte 80 + block (rms 8, c_attn 192, c_proj 64, rms 8, w1 192, w3 192, c_proj 192)
+    # wte 80 + block (rms 8, q/k/v 192, c_proj 64, rms 8, w1 192, w3 192, c_proj 192)
     # + rms_f 8 + lm_head 80
     model = GPT(llama)
     assert model.num_params() == 80 + 848 + 8 + 80 == 1016

@@ -1,33 +1,48 @@
 """Checkpoints: atomic, checksummed directories that train, eval and generate all read.
 
     RUN/checkpoints/step_00000500/
-        model.safetensors   weights anyone can load
-        optimizer.pt        AdamW state (tensors and numbers only: loads with weights_only)
-        trainer.pt          step, loader position, RNG, best-validation record
+        model.safetensors   the full weights, for eval, generate, export and anyone else
+        state/              model and AdamW state in torch.distributed.checkpoint (DCP)
+                            format: each rank writes its own shards, and a run saved on N
+                            ranks loads on M, under any parallel strategy
+        trainer.pt          step, loader position, every rank's RNG, best-validation record
         meta.json           step, model config, sha256 of each file above
     RUN/checkpoints/latest  name of the newest complete checkpoint
     RUN/checkpoints/best    name of the checkpoint with the best validation loss
 
-A checkpoint is written under a temporary name and renamed into place only when every
-file is on disk, so a crash during a save leaves the previous checkpoints as they were.
+A checkpoint is written under a temporary name and renamed into place (by rank 0, once
+every rank has written its part) only when every file is on disk, so a crash during a
+save leaves the previous checkpoints as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_model, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
+from lmforge.distributed.env import SINGLE, DistInfo, barrier, broadcast_object
 from lmforge.errors import CheckpointError
 from lmforge.files import sha256_file
 
-_FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
+STATE_DIR = "state"
 _PREFIX = "step_"
 _TMP = ".tmp-"
 
@@ -47,30 +62,81 @@ def _read_pointer(directory: Path, name: str) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight, gathered whole onto rank 0's CPU (collective: all ranks call it); tied
+    weights once, under their first name, as safetensors wants."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+    seen: set[int] = set()
+    weights = {}
+    for name, t in full.items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            weights[name] = t.contiguous()
+    return weights
+
+
+def _in_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    # DCP warns that it assumes one process when there is no group: that is the intent here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Model and optimizer state as DCP saves and loads it: sharded as the model is, keyed by
+    parameter names that are the same under every strategy."""
+    return {"model": get_model_state_dict(model),
+            "optim": get_optimizer_state_dict(model, optimizer)}
+
+
 def save_checkpoint(run_dir: Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], model_config: dict[str, Any],
-                    keep_last: int, is_best: bool = False) -> Path:
-    """Write checkpoint `step` atomically, point `latest` (and `best`) at it, prune old ones."""
+                    keep_last: int, is_best: bool = False, info: DistInfo = SINGLE) -> Path:
+    """Write checkpoint `step` atomically, point `latest` (and `best`) at it, prune old ones.
+    Every rank calls it; rank 0 writes all but the DCP shards."""
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"{_PREFIX}{step:08d}"
-    final = root / name
-    if not final.is_dir():
-        tmp = root / f"{_TMP}{name}"
+    final, tmp = root / name, root / f"{_TMP}{name}"
+    exists = final.is_dir() if info.is_main else False
+    if broadcast_object(exists, info):
+        if info.is_main:
+            _point(root, name, is_best=is_best, keep_last=keep_last)
+        return final
+    if info.is_main:
+        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    barrier(info)
+    weights = _full_weights(model)
+    with _quiet_single_process():
+        dcp.save(_training_state(model, optimizer), checkpoint_id=str(tmp / STATE_DIR),
+                 no_dist=not _in_group())
+    if info.is_main:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         torch.save(trainer_state, tmp / "trainer.pt")
+    barrier(info)  # every rank's shards are on disk
+    if info.is_main:
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         meta = {"step": step, "model": model_config,
-                "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
+                "sha256": {f: sha256_file(tmp / f) for f in files}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         os.replace(tmp, final)
+        _point(root, name, is_best=is_best, keep_last=keep_last)
+    barrier(info)
+    return final
+
+
+def _point(root: Path, name: str, *, is_best: bool, keep_last: int) -> None:
     _write_pointer(root, "latest", name)
     if is_best:
         _write_pointer(root, "best", name)
     _prune(root, keep_last=keep_last)
-    return final
 
 
 def _prune(root: Path, *, keep_last: int) -> None:
@@ -152,6 +218,16 @@ def load_weights(path: Path, model: nn.Module) -> None:
                               f"unexpected {sorted(unexpected)[:3]}); start a new run")
 
 
-def load_training_state(path: Path, *, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+def load_training_state(path: Path, *, model: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load model and optimizer state into this rank's (possibly sharded) model, whatever the
+    number of ranks and the strategy that saved it; the trainer state for the caller."""
+    if not (path / STATE_DIR).is_dir():
+        raise CheckpointError(f"{path} was written by an older lmforge (no {STATE_DIR}/); "
+                              "it can be evaluated but not resumed; start a new run")
+    state = _training_state(model, optimizer)
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path / STATE_DIR), no_dist=not _in_group())
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
     return torch.load(path / "trainer.pt", weights_only=True)

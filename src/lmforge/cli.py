@@ -7,6 +7,7 @@ Any LmforgeError becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -76,6 +77,9 @@ def build_parser() -> Parser:
     p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
     p.add_argument("--resume", metavar="RUN", type=Path,
                    help="continue the run in this directory from its latest complete checkpoint")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="train with N processes on this machine: hands the command to "
+                        "`torchrun --standalone --nproc-per-node N` (see --parallel.strategy)")
     _add_config_options(p)
 
     p = verbs.add_parser("eval", help="loss, perplexity and bits per byte of a trained run",
@@ -102,6 +106,29 @@ def build_parser() -> Parser:
     return parser
 
 
+def _hand_to_torchrun(nproc: int, argv: list[str]) -> int:
+    """Replace this process with torchrun running the same command on `nproc` processes."""
+    if nproc < 1:
+        raise LmforgeError(f"--nproc must be 1 or more, got {nproc}")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        raise LmforgeError("--nproc starts torchrun, but this process was already started by "
+                           "torchrun; drop --nproc")
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "lmforge", *rest]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -115,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in known.items():
             coerce(key, value)  # a bad value fails now, before torch is even imported
         overrides = {**known, **parse_overrides(rest)}
+        if args.verb == "train" and args.nproc:
+            return _hand_to_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
         if args.verb == "train":
             from lmforge.commands import train_command
             return train_command(recipe=args.recipe, resume=args.resume, overrides=overrides)

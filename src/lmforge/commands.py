@@ -14,6 +14,8 @@ from lmforge.config import Config, load_config, recipe_path, set_value
 from lmforge.data import shards
 from lmforge.data.document import SourceOptions
 from lmforge.data.prepare import prepare
+from lmforge.distributed import elastic, env
+from lmforge.distributed.env import SINGLE
 from lmforge.errors import DataError, LmforgeError
 from lmforge.evaluate import mean_loss, summarize
 from lmforge.generate import generate_tokens
@@ -57,33 +59,78 @@ def ensure_dataset(cfg: Config) -> None:
             shard_tokens=d.shard_tokens, log=log, progress=cfg.train.progress)
 
 
-def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[str, str]) -> int:
+def _setup_run(recipe: str | None, resume: Path | None,
+               overrides: dict[str, str]) -> tuple[Config, Path, bool]:
+    """(config, run directory, whether to resume); decided by rank 0 alone."""
     if resume is not None:
         if recipe:
             raise LmforgeError("give a recipe for a new run or --resume RUN for an old one, not both")
-        run_dir = resume
-        cfg = read_run_config(run_dir, overrides)
-    else:
-        cfg = load_config(recipe, overrides)
-        run_dir = new_run_dir(cfg, recipe_name=recipe_path(recipe or "default").stem)
-        cfg.run.dir = str(run_dir)
-        ensure_dataset(cfg)
-        # Absolute, so that eval and generate find the data from any working directory.
-        cfg.data.path = str(Path(cfg.data.path).resolve())
-    trainer = Trainer(cfg, run_dir)
-    if resume is not None:
-        trainer.restore()
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        trainer.start_files()
+        return read_run_config(resume, overrides), resume, True
+    cfg = load_config(recipe, overrides)
+    restarting = env.restart_count() > 0
+    if restarting:  # torchrun restarted the group after a failure: continue the run
+        run_dir = elastic.find_run(cfg)
+        if run_dir is not None and (run_dir / "checkpoints" / "latest").is_file():
+            log(f"restart {env.restart_count()}: continuing {run_dir}")
+            return read_run_config(run_dir, overrides), run_dir, True
+        if run_dir is not None:  # it failed before its first checkpoint: start it again there
+            cfg.run.dir = str(run_dir)
+    run_dir = new_run_dir(cfg, recipe_name=recipe_path(recipe or "default").stem,
+                          restarting=restarting)
+    cfg.run.dir = str(run_dir)
+    ensure_dataset(cfg)
+    # Absolute, so that eval and generate find the data from any working directory.
+    cfg.data.path = str(Path(cfg.data.path).resolve())
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
+    elastic.record_run(run_dir)
+    return cfg, run_dir, False
+
+
+def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) -> None:
+    # A function of its own so that the model, its DDP/FSDP state and their references to
+    # the process group are gone before the group is torn down.
+    trainer = Trainer(cfg, run_dir, info=info)
+    if resuming:
+        trainer.restore()
+    elif info.is_main:
+        trainer.start_files()
+    if info.is_main:
+        write_config(cfg, run_dir)
     trainer.fit()
     texts = trainer.samples(count=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens)
     if texts:
         shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
         (run_dir / "samples.txt").write_text(shown.lstrip("\n"))
         print(shown)
-    return 0
+
+
+def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[str, str]) -> int:
+    info = SINGLE
+    try:
+        if env.launched_by_torchrun():
+            # Join the group first, with the config's timeout, so rank 0 can share its setup.
+            probe = load_config(recipe, overrides) if resume is None else read_run_config(resume, overrides)
+            p = probe.parallel
+            info = env.init(device_type=resolve_device(probe.train.device).type,
+                            strategy=p.strategy, tp=p.tp, timeout_s=p.timeout_s)
+        setup: tuple | LmforgeError | None = None
+        if info.is_main:
+            try:
+                setup = _setup_run(recipe, resume, overrides)
+            except LmforgeError as err:
+                setup = err
+        setup = env.broadcast_object(setup, info)  # every rank stops alike on a bad input
+        if isinstance(setup, LmforgeError):
+            raise setup
+        _train(*setup, info=info)
+        return 0
+    except RuntimeError as err:  # gloo reports a vanished peer as a plain RuntimeError
+        if info.distributed and env.is_peer_failure(err):
+            raise LmforgeError(env.lost_peer_message(err, info)) from None
+        raise
+    finally:
+        env.teardown()
 
 
 def _tokenizer_digest(directory: Path) -> str:

@@ -124,7 +124,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(16, "Sequences per micro-batch.")
+    batch_size: int = option(16, "Sequences per micro-batch, per data-parallel rank. The global "
+                                 "batch is batch_size x grad_accum x data-parallel ranks.")
     grad_accum: int = option(1, "Micro-batches accumulated per optimizer step.")
     max_steps: int = option(2000, "Optimizer steps to train for; also the horizon of the schedule.")
     max_minutes: float = option(0.0, "Stop after this many minutes of training (0: no limit).")
@@ -134,6 +135,9 @@ class TrainConfig:
     device: str = option("auto", "Device: auto, cpu, cuda, cuda:N or mps.")
     threads: int = option(0, "CPU threads for torch (0: torch's default).")
     progress: bool = option(True, "Show a progress bar on the terminal.")
+    record_samples: bool = option(False, "Write the start of every window each rank trains on "
+                                         "to samples-rankN.jsonl in the run directory, to audit "
+                                         "data order.")
 
 
 @dataclass
@@ -155,6 +159,24 @@ class CheckpointConfig:
 
 
 @dataclass
+class ParallelConfig:
+    strategy: str = option("auto", "How several processes (started by torchrun or --nproc) share "
+                                   "the work: ddp replicates the model, fsdp shards it (FSDP2), tp "
+                                   "splits each layer (tensor parallel), fsdp+tp does both on a 2-D "
+                                   "mesh; auto is ddp on several processes, single on one.",
+                           choices=("auto", "single", "ddp", "fsdp", "tp", "fsdp+tp"))
+    tp: int = option(0, "Tensor-parallel degree (0: every rank for tp, 2 for fsdp+tp).")
+    reshard_after_forward: bool = option(True, "fsdp: free gathered parameters after each block's "
+                                               "forward (ZeRO-3); false keeps them for the backward "
+                                               "(ZeRO-2: more memory, less communication).")
+    activation_checkpointing: bool = option(False, "Recompute each block's activations in the "
+                                                   "backward pass to save memory.")
+    compile: bool = option(False, "torch.compile each block.")
+    timeout_s: float = option(600.0, "Seconds a collective may wait for a peer before the run "
+                                     "stops with an error (a dead or stuck process).")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -165,6 +187,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]

@@ -23,11 +23,14 @@ from lmforge.errors import CheckpointError, ConfigError
 CONFIG_FILE = "config.toml"
 
 
-def new_run_dir(cfg: Config, *, recipe_name: str) -> Path:
-    """Where a new run goes. An explicit run.dir must not hold a run already; the default
+def new_run_dir(cfg: Config, *, recipe_name: str, restarting: bool = False) -> Path:
+    """Where a new run goes. An explicit run.dir must not hold a run already (unless this is
+    an elastic restart of the run that made it, before its first checkpoint); the default
     runs/<recipe> is numbered (-2, -3, …) instead, so no earlier run is ever overwritten."""
     if cfg.run.dir:
         path = Path(cfg.run.dir)
+        if restarting and not (path / "checkpoints" / "latest").exists():
+            return path
         if (path / CONFIG_FILE).exists() or (path / "checkpoints").exists():
             raise ConfigError(f"run.dir {path} already holds a run; continue it with "
                               f"`lmforge train --resume {path}` or choose another --run.dir")

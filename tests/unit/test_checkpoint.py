@@ -86,3 +86,23 @@ def test_same_names_other_shapes_is_a_clear_error(tmp_path):
     path = save(tmp_path, 1, Tied(width=8))
     with pytest.raises(CheckpointError, match="does not fit this model .*size mismatch"):
         checkpoint.load_weights(path, Tied(width=12))
+
+
+def test_training_state_round_trips_through_dcp(tmp_path):
+    a = Tied()
+    opt_a = torch.optim.AdamW(a.parameters(), lr=0.1)
+    a.emb.weight.sum().backward()
+    opt_a.step()
+    path = checkpoint.save_checkpoint(tmp_path, step=1, model=a, optimizer=opt_a,
+                                      trainer_state={"step": 1}, model_config={"width": 8},
+                                      keep_last=2)
+    assert (path / "state").is_dir() and any(k.startswith("state/") for k in
+                                             checkpoint.verify(path)["sha256"])
+    b = Tied()
+    opt_b = torch.optim.AdamW(b.parameters(), lr=0.1)
+    assert checkpoint.load_training_state(path, model=b, optimizer=opt_b) == {"step": 1}
+    assert torch.equal(a.emb.weight, b.emb.weight)
+    assert b.head.weight is b.emb.weight
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(sa["state"][0][key], sb["state"][0][key])

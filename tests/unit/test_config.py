@@ -74,4 +74,4 @@ def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
     assert read_run_config(tmp_path) == cfg
     written = tomllib.loads((tmp_path / "config.toml").read_text())
     assert set(written) == {"run", "data", "clean", "tokenizer", "model", "optim", "train", "eval",
-                            "checkpoint"}
+                            "checkpoint", "parallel"}

@@ -1,9 +1,9 @@
 """Batches of token windows from a prepared split.
 
 Training draws random windows, as nanoGPT's `get_batch` does, but from a generator
-seeded by (seed, rank, batch number) instead of a global one: the loader's whole state is
-the number of batches it has handed out, so a resumed run sees exactly the batches the
-interrupted one would have seen. Validation uses fixed windows, so every evaluation of a
+seeded by (seed, step) instead of a global one: the loader's whole state is the number of
+steps it has served, so a resumed run sees exactly the batches the interrupted one would
+have seen, on any number of ranks. Validation uses fixed windows, so every evaluation of a
 run measures the same tokens.
 """
 
@@ -31,48 +31,107 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[t
 
 
 class RandomWindows:
-    """Random (inputs, targets) windows from one split; resumable through state_dict()."""
+    """Random (inputs, targets) windows from one split; resumable through state_dict().
+
+    Each optimizer step draws its whole global batch (batch_size x grad_accum x dp_size
+    windows) from a generator seeded by (seed, step); data-parallel rank r takes rows
+    [(a*dp_size + r)*batch_size, +batch_size) for its micro-batch a. So the windows of a
+    step do not depend on how many ranks share them: a run resumed on another number of
+    processes, with the same global batch, neither skips nor repeats a window.
+    """
 
     def __init__(self, tokens: np.ndarray, *, batch_size: int, block_size: int, seed: int,
-                 rank: int = 0, split: str = "train") -> None:
+                 grad_accum: int = 1, dp_rank: int = 0, dp_size: int = 1,
+                 split: str = "train") -> None:
         _check_length(tokens, block_size, split)
         self.tokens = tokens
         self.batch_size = batch_size
         self.block_size = block_size
         self.seed = seed
-        self.rank = rank
-        self.batches = 0
+        self.grad_accum = grad_accum
+        self.dp_rank = dp_rank
+        self.dp_size = dp_size
+        self.step = 0  # optimizer steps whose batches were handed out in full
+        self.micro = 0  # micro-batches handed out of the current step
+        self._starts: np.ndarray | None = None
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, self.batches])
-        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-        self.batches += 1
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.dp_size
+
+    def step_starts(self, step: int) -> np.ndarray:
+        """Start offsets of every window of optimizer step `step`, all ranks together."""
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, len(self.tokens) - self.block_size, size=self.global_batch)
+
+    def next_starts(self) -> np.ndarray:
+        """This rank's next micro-batch of window starts."""
+        if self.micro == 0 or self._starts is None:
+            self._starts = self.step_starts(self.step)
+        row = (self.micro * self.dp_size + self.dp_rank) * self.batch_size
+        starts = self._starts[row:row + self.batch_size]
+        self.micro += 1
+        if self.micro == self.grad_accum:
+            self.step, self.micro = self.step + 1, 0
+        return starts
+
+    def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return _windows(self.tokens, starts, self.block_size)
 
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.windows(self.next_starts())
+
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "seed": self.seed, "rank": self.rank}
+        return {"step": self.step, "micro": self.micro, "seed": self.seed,
+                "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batches = int(state["batches"])
+        if "step" not in state:
+            raise DataError("the checkpoint's data-loader state is from an older lmforge that "
+                            "drew batches differently; start a new run")
+        if int(state["global_batch"]) != self.global_batch:
+            raise DataError(
+                f"the checkpoint was trained with a global batch of {state['global_batch']} "
+                f"windows, this run has {self.global_batch} (train.batch_size x "
+                "train.grad_accum x data-parallel ranks); change batch_size or grad_accum so "
+                "they match, or the data order cannot continue")
+        self.step, self.micro = int(state["step"]), int(state["micro"])
         self.seed = int(state["seed"])
-        self.rank = int(state["rank"])
+        self._starts = None
 
 
-def fixed_windows(tokens: np.ndarray, *, block_size: int, batch_size: int, max_windows: int = 0,
-                  split: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of evaluation windows.
-
-    `max_windows=0` covers the whole split with back-to-back windows; otherwise that many
-    windows spread evenly across it, the same ones every time.
-    """
+def eval_starts(tokens: np.ndarray, *, block_size: int, max_windows: int = 0,
+                split: str = "val") -> np.ndarray:
+    """Start offsets of the evaluation windows: back to back over the whole split when
+    max_windows=0, otherwise that many spread evenly across it, the same ones every time."""
     _check_length(tokens, block_size, split)
     last_start = len(tokens) - block_size - 1
     if max_windows <= 0:
-        starts = np.arange(0, last_start + 1, block_size)
-    else:
-        starts = np.linspace(0, last_start, num=max_windows).astype(np.int64)
-    for i in range(0, len(starts), batch_size):
-        yield _windows(tokens, starts[i:i + batch_size], block_size)
+        return np.arange(0, last_start + 1, block_size)
+    return np.linspace(0, last_start, num=max_windows).astype(np.int64)
+
+
+def fixed_windows(tokens: np.ndarray, *, block_size: int, batch_size: int, max_windows: int = 0,
+                  split: str = "val", rank: int = 0, ranks: int = 1,
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Batches of evaluation windows: (inputs, targets, how many rows count).
+
+    With several ranks, rank r takes every ranks-th window from r on; every rank yields the
+    same number of batches (a sharded model's forward is a collective), so a rank short of
+    windows pads its last batch with repeats that do not count.
+    """
+    starts = eval_starts(tokens, block_size=block_size, max_windows=max_windows, split=split)
+    mine = starts[rank::ranks]
+    per_rank = -(-len(starts) // ranks)  # ceil
+    batches = -(-per_rank // batch_size)
+    for i in range(batches):
+        chunk = mine[i * batch_size:(i + 1) * batch_size]
+        want = min(batch_size, per_rank - i * batch_size)
+        real = len(chunk)
+        if real < want:
+            pad = mine[-1:] if len(mine) else starts[:1]
+            chunk = np.concatenate([chunk, np.repeat(pad, want - real)])
+        yield (*_windows(tokens, chunk, block_size), real)
 
 
 def count_windows(tokens: np.ndarray, *, block_size: int, max_windows: int = 0) -> int:

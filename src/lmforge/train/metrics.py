@@ -41,9 +41,11 @@ class MetricsLog:
 class Progress:
     """A tqdm bar on a terminal; plain periodic lines elsewhere (CI logs, pipes)."""
 
-    def __init__(self, *, total: int, initial: int, enabled: bool, every: int) -> None:
+    def __init__(self, *, total: int, initial: int, enabled: bool, every: int,
+                 quiet: bool = False) -> None:
         self.bar = None
         self.every = every
+        self.quiet = quiet  # ranks other than 0 say nothing
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                             file=sys.stderr)
@@ -54,7 +56,7 @@ class Progress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}",
                                  refresh=False)
-        elif step % self.every == 0 or step == self.total:
+        elif not self.quiet and (step % self.every == 0 or step == self.total):
             log(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  lr {lr:.2e}")
 
     def close(self) -> None:

@@ -1,9 +1,11 @@
 """The one training loop.
 
-Every model family, recipe and (later) parallel strategy goes through `Trainer.fit`. All
-state that decides what happens next (weights, optimizer, step, loader position, RNG,
-best-validation record) is saved in each checkpoint, so `--resume` continues the run that
-would have happened had it never stopped.
+Every model family, recipe and parallel strategy goes through `Trainer.fit`. All state
+that decides what happens next (weights, optimizer, step, loader position, every rank's
+RNG, best-validation record) is saved in each checkpoint, so `--resume` continues the run
+that would have happened had it never stopped, on this number of processes or another.
+
+Under torchrun every rank runs this same loop; rank 0 alone prints and writes metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from lmforge.config import Config
 from lmforge.data import shards
 from lmforge.data.loader import RandomWindows
 from lmforge.data.tokenizer import load_tokenizer
+from lmforge.distributed import env
+from lmforge.distributed.env import SINGLE, DistInfo
+from lmforge.distributed.parallelize import (
+    clip_grad_norm,
+    gradient_sync,
+    parallelize,
+    resolve_strategy,
+    unwrap,
+)
 from lmforge.errors import ConfigError
 from lmforge.evaluate import cross_entropy, mean_loss, summarize
 from lmforge.generate import generate_tokens
@@ -32,22 +43,25 @@ from lmforge.train.metrics import MetricsLog, Progress, log, plot_losses
 from lmforge.train.optim import build_optimizer, lr_at
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", local_rank)
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
-def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast where asked for, or by default on GPUs that support it. On CPUs bf16 is
-    no faster than fp32 (REFERENCE.md), so 'auto' keeps fp32 there."""
-    use_bf16 = precision == "bf16" or (
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 where asked for, or by default on GPUs that support it. On CPUs bf16 is no faster
+    than fp32 (REFERENCE.md), so 'auto' keeps fp32 there."""
+    return precision == "bf16" or (
         precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if uses_bf16(precision, device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -64,27 +78,41 @@ class Counters:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, *, info: DistInfo = SINGLE) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(cfg.train.device)
+        self.info = info
+        self.log = log if info.is_main else (lambda message: None)
+        self.device = resolve_device(cfg.train.device, local_rank=info.local_rank)
         self.autocast = autocast_for(cfg.train.precision, self.device)
+        self.strategy = resolve_strategy(cfg.parallel.strategy, info)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        torch.manual_seed(cfg.run.seed)
+        torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
 
         data_dir = Path(cfg.data.path)
         self.manifest = shards.verify(data_dir)
         self.tokenizer = load_tokenizer(data_dir / self.manifest["tokenizer"]["dir"])
         self._fit_vocab(self.manifest["tokenizer"]["vocab_size"])
-        self.model = build_model(cfg.model).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, device_type=self.device.type)
+        self.raw_model = build_model(cfg.model).to(self.device)
+        # FSDP gathers parameters in bf16 when the run computes in it (reductions stay fp32)
+        param_dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, self.device) else None
+        self.model = parallelize(self.raw_model, cfg.parallel, info, strategy=self.strategy,
+                                 device=self.device, param_dtype=param_dtype)
+        self.optimizer = build_optimizer(self.model, cfg.optim, device_type=self.device.type,
+                                         fused=self.strategy in ("single", "ddp"))
+        if info.distributed:  # dropout differs between data-parallel ranks, not within a TP group
+            torch.manual_seed(cfg.run.seed + info.dp_rank)
         self.train_data = RandomWindows(shards.open_split(data_dir, "train"),
                                         batch_size=cfg.train.batch_size,
-                                        block_size=cfg.model.block_size, seed=cfg.run.seed)
+                                        block_size=cfg.model.block_size, seed=cfg.run.seed,
+                                        grad_accum=cfg.train.grad_accum, dp_rank=info.dp_rank,
+                                        dp_size=info.dp_size)
         self.val_tokens = shards.open_split(data_dir, "val")
         self.counters = Counters()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.samples_log = (self.run_dir / f"samples-rank{info.rank}.jsonl"
+                            if cfg.train.record_samples else None)
 
     def _fit_vocab(self, data_vocab: int) -> None:
         if self.cfg.model.vocab_size == 0:
@@ -103,65 +131,87 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------
 
     def save(self, *, is_best: bool = False) -> Path:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"counters": dataclasses.asdict(self.counters),
                  "loader": self.train_data.state_dict(),
-                 "rng": {"torch": torch.get_rng_state()}}
-        if self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+                 "rng": env.gather_objects(rng, self.info),  # one per rank, in rank order
+                 "world_size": self.info.world_size}
         return checkpoint.save_checkpoint(
             self.run_dir, step=self.counters.step, model=self.model, optimizer=self.optimizer,
             trainer_state=state, model_config=dataclasses.asdict(self.cfg.model),
-            keep_last=self.cfg.checkpoint.keep_last, is_best=is_best)
+            keep_last=self.cfg.checkpoint.keep_last, is_best=is_best, info=self.info)
 
     def restore(self) -> Path:
-        """Continue from the newest intact checkpoint of the run directory."""
-        checkpoint.clean_partial(self.run_dir)
-        path = checkpoint.find_checkpoint(self.run_dir, "latest")
-        meta = checkpoint.verify(path)
-        checkpoint.check_model_config(meta, dataclasses.asdict(self.cfg.model), path=path)
-        checkpoint.load_weights(path, self.model)
-        state = checkpoint.load_training_state(path, optimizer=self.optimizer)
+        """Continue from the newest intact checkpoint of the run directory, which may have
+        been written by another number of ranks or another strategy."""
+        path = None
+        if self.info.is_main:
+            checkpoint.clean_partial(self.run_dir)
+            path = checkpoint.find_checkpoint(self.run_dir, "latest")
+            meta = checkpoint.verify(path)
+            checkpoint.check_model_config(meta, dataclasses.asdict(self.cfg.model), path=path)
+        path = env.broadcast_object(path, self.info)
+        state = checkpoint.load_training_state(path, model=self.model, optimizer=self.optimizer)
         self.counters = Counters(**state["counters"])
         self.train_data.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        self.metrics.truncate_after(self.counters.step)
-        log(f"resumed from {path} at step {self.counters.step}")
+        rngs = state["rng"]
+        if self.info.rank < len(rngs):  # a rank the saving run did not have keeps its seed
+            torch.set_rng_state(rngs[self.info.rank]["torch"])
+            if "cuda" in rngs[self.info.rank] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rngs[self.info.rank]["cuda"], self.device)
+        if self.info.is_main:
+            self.metrics.truncate_after(self.counters.step)
+        if self.samples_log is not None and self.samples_log.is_file():
+            MetricsLog(self.samples_log).truncate_after(self.counters.step - 1)
+        saved_on = state.get("world_size", 1)
+        self.log(f"resumed from {path} at step {self.counters.step}"
+                 + (f" (saved on {saved_on} processes)" if saved_on != self.info.world_size else ""))
         return path
 
     # --- the loop ----------------------------------------------------------------------
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over train.grad_accum micro-batches: (mean loss, grad norm)."""
+        """One optimizer step over train.grad_accum micro-batches: (mean loss, grad norm),
+        averaged over the data-parallel ranks."""
         cfg = self.cfg
         lr = lr_at(self.counters.step, cfg=cfg.optim, max_steps=cfg.train.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         accum = cfg.train.grad_accum
         total = torch.zeros((), device=self.device)
-        for _ in range(accum):
-            x, y = self.train_data.next_batch()
+        for micro in range(accum):
+            step = self.train_data.step
+            starts = self.train_data.next_starts()
+            if self.samples_log is not None:
+                MetricsLog(self.samples_log).write({"step": step, "micro": micro,
+                                                    "starts": starts.tolist()})
+            x, y = self.train_data.windows(starts)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
+            # gradients are reduced across ranks once, on the last micro-batch
+            with gradient_sync(self.model, micro == accum - 1), self.autocast():
                 logits, _ = self.model(x)
                 loss = cross_entropy(logits, y)
-            (loss / accum).backward()
+                (loss / accum).backward()
             total += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        norm = clip_grad_norm(list(self.model.parameters()), clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.counters.step += 1
-        self.counters.tokens += accum * x.numel()
-        return total / accum, norm
+        self.counters.tokens += accum * x.numel() * self.info.dp_size
+        return env.all_mean(total / accum, self.info), norm
 
     def evaluate(self) -> float:
         e, t = self.cfg.eval, self.cfg.train
         batch_size = e.batch_size or t.batch_size
+        # the subset is as many windows as eval.batches global batches: the same windows
+        # whatever the number of ranks sharing them
+        windows = e.batches * batch_size * self.info.dp_size
         return mean_loss(self.model, self.val_tokens, block_size=self.cfg.model.block_size,
-                         batch_size=batch_size, max_windows=e.batches * batch_size,
-                         device=self.device, autocast=self.autocast)
+                         batch_size=batch_size, max_windows=windows,
+                         device=self.device, autocast=self.autocast, info=self.info)
 
     def _after_eval(self, val_loss: float) -> bool:
         """Record an evaluation; save the best; True when early stopping says stop."""
@@ -172,9 +222,11 @@ class Trainer:
             c.best_val, c.best_step, c.evals_without_improvement = val_loss, c.step, 0
         else:
             c.evals_without_improvement += 1
-        self.metrics.write({"kind": "eval", "step": c.step, "val_loss": val_loss,
-                            "val_bpb": figures["bits_per_byte"], "val_ppl": figures["perplexity"]})
-        log(f"step {c.step}: val loss {val_loss:.4f}, {figures['bits_per_byte']:.4f} bits/byte"
+        if self.info.is_main:
+            self.metrics.write({"kind": "eval", "step": c.step, "val_loss": val_loss,
+                                "val_bpb": figures["bits_per_byte"],
+                                "val_ppl": figures["perplexity"]})
+        self.log(f"step {c.step}: val loss {val_loss:.4f}, {figures['bits_per_byte']:.4f} bits/byte"
             + ("  (best)" if improved else ""))
         if improved and self.cfg.checkpoint.keep_best:
             self.save(is_best=True)
@@ -182,32 +234,39 @@ class Trainer:
         return patience > 0 and c.evals_without_improvement >= patience
 
     def fit(self) -> dict[str, Any]:
-        cfg, c = self.cfg, self.counters
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
-        log(f"model: {cfg.model.arch}, {self.model.num_params():,} parameters; "
-            f"{tokens_per_step:,} tokens per step; device {self.device}")
-        if c.step >= cfg.train.max_steps:
-            log(f"already trained to step {c.step}; raise --train.max_steps to continue")
+        cfg, c, info = self.cfg, self.counters, self.info
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        t = cfg.train
+        tokens_per_step = self.train_data.global_batch * cfg.model.block_size
+        self.log(f"model: {cfg.model.arch}, {self.raw_model.num_params():,} parameters; device "
+                 f"{self.device}" + (f"; {info.world_size} processes, {self.strategy}"
+                                     if info.distributed else ""))
+        self.log(f"global batch: {t.batch_size} sequences x {t.grad_accum} accumulation x "
+                 f"{info.dp_size} data-parallel = {self.train_data.global_batch} sequences, "
+                 f"{tokens_per_step:,} tokens per step")
+        if c.step >= t.max_steps:
+            self.log(f"already trained to step {c.step}; raise --train.max_steps to continue")
             return {"step": c.step, "stopped": "max_steps", "best_val_loss": c.best_val}
-        progress = Progress(total=cfg.train.max_steps, initial=c.step, enabled=cfg.train.progress,
-                            every=cfg.train.log_every)
+        progress = Progress(total=t.max_steps, initial=c.step, enabled=t.progress and info.is_main,
+                            every=t.log_every, quiet=not info.is_main)
         start = time.perf_counter()
-        deadline = start + cfg.train.max_minutes * 60 if cfg.train.max_minutes > 0 else math.inf
+        deadline = start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
         first_step, stopped, last_eval = c.step, "max_steps", -1
         self.model.train()
         step_time = 0.0  # time in training steps only, so tokens/s leaves out evaluation and saves
-        while c.step < cfg.train.max_steps:
+        while c.step < t.max_steps:
             t0 = time.perf_counter()
             loss, norm = self.train_step()
             now = time.perf_counter()
             step_time += now - t0
-            if c.step % cfg.train.log_every == 0 or c.step == cfg.train.max_steps:
+            if c.step % t.log_every == 0 or c.step == t.max_steps:
                 tok_s = (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)
                 record = {"kind": "train", "step": c.step, "loss": loss.item(),
                           "grad_norm": norm.item(), "lr": self.optimizer.param_groups[0]["lr"],
                           "tokens": c.tokens, "tokens_per_s": tok_s, "elapsed_s": now - start}
-                self.metrics.write(record)
+                if info.is_main:
+                    self.metrics.write(record)
                 progress.update(c.step, loss=record["loss"], tokens_per_s=tok_s, lr=record["lr"])
             if cfg.eval.every and c.step % cfg.eval.every == 0:
                 last_eval = c.step
@@ -216,7 +275,8 @@ class Trainer:
                     break
             if cfg.checkpoint.every and c.step % cfg.checkpoint.every == 0:
                 self.save()
-            if now > deadline:
+            # every rank must stop at the same step: rank 0's clock decides
+            if t.max_minutes > 0 and env.broadcast_object(now > deadline, info):
                 stopped = "max_minutes"
                 break
         progress.close()
@@ -224,21 +284,27 @@ class Trainer:
             self._after_eval(self.evaluate())
         self.save()
         elapsed = time.perf_counter() - start
-        plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=str(self.run_dir))
-        log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
-            f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run_dir}")
+        if info.is_main:
+            plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=str(self.run_dir))
+        self.log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
+                 f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run_dir}")
         return {"step": c.step, "stopped": stopped, "best_val_loss": c.best_val, "elapsed_s": elapsed,
                 "tokens_per_s": (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)}
 
     def samples(self, *, count: int, max_new_tokens: int) -> list[str]:
         """Texts generated from an end-of-text token, with a generator of their own so that
-        sampling never moves the training RNG."""
-        if count <= 0 or max_new_tokens <= 0:
+        sampling never moves the training RNG. Under FSDP every rank takes part (the forward
+        gathers parameters); under tensor parallelism the heads are split, which the KV
+        cache does not follow, so there are no samples."""
+        if count <= 0 or max_new_tokens <= 0 or self.strategy in ("tp", "fsdp+tp"):
             return []
+        if self.strategy == "ddp" and not self.info.is_main:
+            return []
+        model = self.model if self.strategy == "fsdp" else unwrap(self.model)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.run.seed)
         prompt = torch.full((count, 1), self.tokenizer.eot_id, dtype=torch.long, device=self.device)
-        steps = list(generate_tokens(self.model, prompt, max_new_tokens=max_new_tokens,
+        steps = list(generate_tokens(model, prompt, max_new_tokens=max_new_tokens,
                                      temperature=0.8, top_k=50, generator=gen))
         ids = torch.stack(steps, dim=1).tolist()
         self.model.train()
-        return [self.tokenizer.decode(row) for row in ids]
+        return [self.tokenizer.decode(row) for row in ids] if self.info.is_main else []

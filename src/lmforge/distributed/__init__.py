@@ -1,0 +1,1 @@
+"""Training on many processes: the torchrun environment and the parallel strategies."""

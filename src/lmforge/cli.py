@@ -71,24 +71,61 @@ def build_parser() -> Parser:
 
     p = verbs.add_parser("train", help="train a model (no arguments: the default job)",
                          allow_abbrev=False,
-                         usage="lmforge train [RECIPE] [--resume RUN] [--SECTION.FIELD=VALUE ...]",
+                         usage="lmforge train [RECIPE] [--resume RUN | --init-from DIR] "
+                               "[--SECTION.FIELD=VALUE ...]",
                          description="Train from a recipe (a TOML file or the name of a shipped "
                                      "recipe) with --section.field=value overrides.")
     p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
     p.add_argument("--resume", metavar="RUN", type=Path,
                    help="continue the run in this directory from its latest complete checkpoint")
+    p.add_argument("--init-from", metavar="DIR", type=Path,
+                   help="start from the weights in DIR: a Hugging Face GPT-2 or Llama-style "
+                        "model directory, or `lmforge export` output; the architecture comes "
+                        "from DIR (sets --run.init_from)")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
                    help="train with N processes on this machine: hands the command to "
                         "`torchrun --standalone --nproc-per-node N` (see --parallel.strategy)")
     _add_config_options(p)
+
+    p = verbs.add_parser("compare", help="train several recipes on the same data for the same "
+                         "budget; print a table and plot validation bits per byte",
+                         allow_abbrev=False,
+                         usage="lmforge compare [RECIPE ...] --data DATA [--minutes M | --tokens N] "
+                               "[--out DIR] [--SECTION.FIELD=VALUE ...]",
+                         description="Train each recipe (default: shakespeare_char and lstm_char) "
+                                     "in its own run directory OUT/RECIPE on the same data and "
+                                     "budget, evaluate each best checkpoint on the whole "
+                                     "validation split, print a table and save OUT/compare.png "
+                                     "and OUT/compare.json. --SECTION.FIELD overrides apply to "
+                                     "every recipe.")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE",
+                   help="TOML recipes or shipped recipe names (default: shakespeare_char lstm_char)")
+    p.add_argument("--data", required=True,
+                   help="a prepared dataset directory, or a corpus to prepare into OUT/data "
+                        "(anything `lmforge prepare --data` takes)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget: each recipe trains until its own train.max_steps or "
+                        "for this many minutes, whichever comes first (default: 5)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="token budget: each recipe trains for as many steps as read this many "
+                        "tokens, its learning-rate schedule fitted to them")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for the runs, the table and the plot (default: runs/compare, "
+                        "numbered if taken)")
+    p.add_argument("--tokenizer", default="char", choices=("bpe", "char", "byte"),
+                   help="tokenizer when --data must be prepared first (default: char)")
 
     p = verbs.add_parser("eval", help="loss, perplexity and bits per byte of a trained run",
                          allow_abbrev=False)
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--split", default="val", help="split of the dataset to evaluate (default: val)")
     p.add_argument("--data", type=Path, help="another prepared dataset with the same tokenizer")
-    p.add_argument("--batches", type=int, default=0, help="evaluate this many batches (0: the whole split)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
+    p.add_argument("--batches", type=int, default=0,
+                   help="evaluate this many batches (0: the whole split); a recurrent model "
+                        "reads this many chunks of each stream")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="sequences per batch; a recurrent model reads the split as this many "
+                        "contiguous streams, carrying its state (default: 16)")
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step_NNNNNNNN name")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -103,6 +140,23 @@ def build_parser() -> Parser:
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step_NNNNNNNN name")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, … (default: auto)")
+
+    p = verbs.add_parser("export", help="write a run's model for other tools: a Hugging Face "
+                                        "model directory or plain safetensors", allow_abbrev=False)
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--format", default="hf", choices=("hf", "safetensors"),
+                   help="hf: a transformers directory (GPT2LMHeadModel or LlamaForCausalLM) with "
+                        "tokenizer.json; safetensors: lmforge's own names and config.json, for "
+                        "any architecture (default: hf)")
+    p.add_argument("--out", required=True, type=Path, help="a new or empty directory")
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step_NNNNNNNN name")
+
+    p = verbs.add_parser("report", help="an HTML report of one run, or of several overlaid",
+                         allow_abbrev=False)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for report.html and its figures/ (default: the run itself; "
+                        "for several runs, compare-A-B-… beside the first one)")
     return parser
 
 
@@ -136,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb is None:
             parser.print_help()
             return 0
-        if rest and args.verb not in ("train", "prepare"):
+        if rest and args.verb not in ("train", "prepare", "compare"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         known = {k: v for k, v in vars(args).items() if "." in k}
         for key, value in known.items():
             coerce(key, value)  # a bad value fails now, before torch is even imported
         overrides = {**known, **parse_overrides(rest)}
+        if args.verb == "train" and args.init_from is not None:
+            overrides["run.init_from"] = str(args.init_from)
         if args.verb == "train" and args.nproc:
             return _hand_to_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
         if args.verb == "train":
@@ -150,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "prepare":
             from lmforge.commands import prepare_command
             return prepare_command(args, overrides=overrides)
+        if args.verb == "compare":  # checks its inputs before it imports torch
+            from lmforge.compare import compare_command
+            return compare_command(args, overrides=overrides)
         from lmforge import commands
         return getattr(commands, f"{args.verb}_command")(args)
     except LmforgeError as err:

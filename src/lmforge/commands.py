@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge import init_from
 from lmforge.config import Config, load_config, recipe_path, set_value
 from lmforge.data import shards
 from lmforge.data.document import SourceOptions
@@ -17,7 +18,7 @@ from lmforge.data.prepare import prepare
 from lmforge.distributed import elastic, env
 from lmforge.distributed.env import SINGLE
 from lmforge.errors import DataError, LmforgeError
-from lmforge.evaluate import mean_loss, summarize
+from lmforge.evaluate import split_loss, summarize
 from lmforge.generate import generate_tokens
 from lmforge.rundir import load_run, new_run_dir, read_run_config, write_config
 from lmforge.train.metrics import log
@@ -65,8 +66,12 @@ def _setup_run(recipe: str | None, resume: Path | None,
     if resume is not None:
         if recipe:
             raise LmforgeError("give a recipe for a new run or --resume RUN for an old one, not both")
+        if "run.init_from" in overrides:
+            raise LmforgeError("--init-from starts a new run; a resumed run continues from its "
+                               "own checkpoint, so drop --init-from or --resume")
         return read_run_config(resume, overrides), resume, True
     cfg = load_config(recipe, overrides)
+    init_note = init_from.resolve_config(cfg, explicit=overrides) if cfg.run.init_from else ""
     restarting = env.restart_count() > 0
     if restarting:  # torchrun restarted the group after a failure: continue the run
         run_dir = elastic.find_run(cfg)
@@ -81,6 +86,11 @@ def _setup_run(recipe: str | None, resume: Path | None,
     ensure_dataset(cfg)
     # Absolute, so that eval and generate find the data from any working directory.
     cfg.data.path = str(Path(cfg.data.path).resolve())
+    if cfg.run.init_from:
+        tokenizer_note = init_from.check_tokenizer(cfg)
+        log(init_note)
+        if tokenizer_note:
+            log(tokenizer_note)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
     elastic.record_run(run_dir)
@@ -90,7 +100,9 @@ def _setup_run(recipe: str | None, resume: Path | None,
 def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) -> None:
     # A function of its own so that the model, its DDP/FSDP state and their references to
     # the process group are gone before the group is torn down.
-    trainer = Trainer(cfg, run_dir, info=info)
+    init_state = init_from.load_state(cfg) if cfg.run.init_from and not resuming else None
+    trainer = Trainer(cfg, run_dir, info=info, init_state=init_state)
+    del init_state  # the model holds its own copy now
     if resuming:
         trainer.restore()
     elif info.is_main:
@@ -103,6 +115,10 @@ def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) ->
         shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
         (run_dir / "samples.txt").write_text(shown.lstrip("\n"))
         print(shown)
+    trainer.tb.samples(texts, step=trainer.counters.step)
+    trainer.tb.close()
+    if info.is_main and cfg.train.report:
+        _auto_report(run_dir)
 
 
 def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[str, str]) -> int:
@@ -133,6 +149,36 @@ def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[st
         env.teardown()
 
 
+def _auto_report(run_dir: Path) -> None:
+    """The report at the end of training; a failure to draw it must not fail the run."""
+    from lmforge.report import write_report
+
+    try:
+        log(f"report: {write_report([run_dir])}")
+    except Exception as err:  # noqa: BLE001 - the run itself is saved; say why and move on
+        log(f"report not written ({type(err).__name__}: {err}); retry with `lmforge report {run_dir}`")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from lmforge import hf
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LmforgeError(f"--out {out} already exists and is not empty; give a new or empty "
+                           "directory (nothing was written)")
+    run = load_run(args.run, which=args.checkpoint, device="cpu")
+    write = hf.export_hf if args.format == "hf" else hf.export_safetensors
+    log(write(run.model, run.cfg.model, run.tokenizer, out))
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from lmforge.report import write_report
+
+    print(write_report(args.runs, out=args.out))
+    return 0
+
+
 def _tokenizer_digest(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.iterdir() if p.is_file()):
@@ -141,6 +187,9 @@ def _tokenizer_digest(directory: Path) -> str:
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.batches < 0:
+        raise LmforgeError(f"need --batch-size >= 1 and --batches >= 0 (0: the whole split); got "
+                           f"--batch-size {args.batch_size} --batches {args.batches}")
     device = resolve_device("auto")
     run = load_run(args.run, which=args.checkpoint, device=str(device))
     data_dir = args.data or Path(run.cfg.data.path)
@@ -151,9 +200,10 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.split not in manifest["splits"]:
         raise DataError(f"{data_dir} has no split '{args.split}'; it has {', '.join(manifest['splits'])}")
     tokens = shards.open_split(data_dir, args.split)
-    loss = mean_loss(run.model, tokens, block_size=run.cfg.model.block_size,
-                     batch_size=args.batch_size, max_windows=args.batches * args.batch_size,
-                     device=device, split=args.split)
+    # windows for a Transformer, streams (state carried, --batch-size of them) for an RNN
+    loss = split_loss(run.model, tokens, block_size=run.cfg.model.block_size,
+                      batch_size=args.batch_size, batches=args.batches, device=device,
+                      split=args.split)
     split = manifest["splits"][args.split]
     figures = summarize(loss, tokens=split["tokens"], bytes_=split["bytes"])
     result = {"run": str(args.run), "checkpoint": run.checkpoint.name, "step": run.step,

@@ -32,6 +32,11 @@ class RunConfig:
     dir: str = option("", "Where the run keeps checkpoints, metrics and its resolved config. "
                           "Empty: runs/<recipe name>, numbered -2, -3, … if that is taken.")
     seed: int = option(1337, "Seed for initialization, data order, dropout and sampling.")
+    init_from: str = option("", "Start a new run from these weights (--init-from): a Hugging "
+                                "Face GPT-2 or Llama-style model directory, or the output of "
+                                "`lmforge export --format safetensors`. The model's "
+                                "architecture comes from there; model.dropout and a shorter "
+                                "model.block_size still apply.")
 
 
 @dataclass
@@ -53,6 +58,9 @@ class CleanConfig:
     normalize: str = option("NFC", "Unicode normalization: NFC; NFKC also folds full-width forms "
                                    "and compatibility characters; none leaves text as it is.",
                             choices=("NFC", "NFKC", "none"))
+    fold_fullwidth: bool = option(True, "With NFC: fold full-width Latin letters and digits, "
+                                        "which CJK text mixes in (ＧＰＴ２ → GPT2); full-width "
+                                        "punctuation (，。！) stays, as Chinese writes it.")
     control_chars: bool = option(True, "Remove control characters (newlines and tabs stay).")
     whitespace: bool = option(True, "Normalize line ends to \\n, drop trailing spaces on lines and "
                                     "runs of more than two blank lines; indentation stays.")
@@ -138,6 +146,10 @@ class TrainConfig:
     record_samples: bool = option(False, "Write the start of every window each rank trains on "
                                          "to samples-rankN.jsonl in the run directory, to audit "
                                          "data order.")
+    tensorboard: bool = option(True, "Write TensorBoard event files into RUN/tb/ "
+                                     "(`tensorboard --logdir runs/` shows every run).")
+    report: bool = option(True, "Write RUN/report.html (figures, config, data, samples, "
+                                "checkpoints) when training ends; `lmforge report RUN` redoes it.")
 
 
 @dataclass

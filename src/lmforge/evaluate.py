@@ -2,6 +2,12 @@
 
 Bits per byte divides the loss by the split's bytes per token, so models with different
 tokenizers can be compared on the same text.
+
+Transformers are measured on independent windows of block_size tokens (nanoGPT's
+estimate), recurrent models as streams that carry their hidden state from one chunk to the
+next (`stream_loss`), as they train and generate: a window from a zero state would charge
+a recurrent model for forgetting at every window start what it never had to forget.
+`split_loss` picks the right one for a model.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.data.loader import fixed_windows
+from lmforge.data.loader import fixed_windows, stream_chunks
 from lmforge.distributed.env import SINGLE, DistInfo, all_sum
 
 
@@ -50,6 +56,49 @@ def mean_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_si
     sums = all_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64,
                                                     device=device)]), info)
     return (sums[0] / sums[1]).item()
+
+
+@torch.no_grad()
+def stream_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, lanes: int,
+                max_chunks: int = 0, device: torch.device | str = "cpu",
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                split: str = "val", info: DistInfo = SINGLE) -> float:
+    """Mean loss per token of a recurrent model reading `tokens` as `lanes` contiguous
+    streams (all ranks together), block_size tokens per call, its state carried from zero at
+    each lane's start; the whole split when max_chunks=0, otherwise the first max_chunks
+    chunks of each lane. Each data-parallel rank reads its share of the lanes."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    state = None
+    for x, y in stream_chunks(tokens, lanes=lanes, block_size=block_size, max_chunks=max_chunks,
+                              rank=info.dp_rank, ranks=info.dp_size, split=split):
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits, state = model(x, state)
+        total += cross_entropy(logits, y).double() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    sums = all_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64,
+                                                    device=device)]), info)
+    return (sums[0] / sums[1]).item()
+
+
+def split_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_size: int,
+               batches: int = 0, recurrent: bool | None = None, **kwargs) -> float:
+    """Mean loss of any model on a split: `batches` global batches of batch_size x
+    data-parallel ranks windows (Transformers) or streams of `batches` chunks (recurrent
+    models); the whole split when batches=0. recurrent defaults to the model's own flag
+    (pass it for a model under a wrapper that hides it)."""
+    if recurrent is None:
+        recurrent = getattr(model, "recurrent", False)
+    ranks = kwargs["info"].dp_size if "info" in kwargs else 1
+    if recurrent:
+        return stream_loss(model, tokens, block_size=block_size, lanes=batch_size * ranks,
+                           max_chunks=batches, **kwargs)
+    return mean_loss(model, tokens, block_size=block_size, batch_size=batch_size,
+                     max_windows=batches * batch_size * ranks, **kwargs)
 
 
 def summarize(loss: float, *, tokens: int, bytes_: int) -> dict[str, float]:

@@ -4,6 +4,8 @@
     import_hf            GPT-2 or Llama directory → (ModelConfig, state_dict) for lmforge's GPT
     export_safetensors   any lmforge model → lmforge names + ModelConfig as config.json
     import_safetensors   the reverse of export_safetensors
+    import_any           import_hf or import_safetensors, whichever wrote the directory
+    read_model_config    the ModelConfig of either kind of directory, without the weights
     import_hf_tokenizer  a directory's tokenizer.json → an lmforge tokenizer
 
 Only `safetensors`, `tokenizers` and the standard library are needed here: `transformers`
@@ -196,16 +198,21 @@ def export_safetensors(model: nn.Module, model_cfg: ModelConfig, tokenizer: Toke
     return f"wrote {WEIGHTS}, config.json and the {tokenizer.kind} tokenizer to {out_dir}"
 
 
-def import_safetensors(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """The ModelConfig and state_dict of a directory written by `export_safetensors`."""
-    directory = Path(directory)
-    raw = _read_json(directory / "config.json")
+def _lmforge_config(raw: dict[str, Any], directory: Path) -> ModelConfig:
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(f"{directory}/config.json has keys lmforge's ModelConfig lacks "
                           f"({', '.join(unknown)}); is it an lmforge safetensors export?")
-    cfg = ModelConfig(**{k: coerce(f"model.{k}", v, from_text=False) for k, v in raw.items()})
+    return ModelConfig(**{k: coerce(f"model.{k}", v, from_text=False) for k, v in raw.items()})
+
+
+def import_safetensors(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """The ModelConfig and state_dict of a directory written by `export_safetensors`."""
+    directory = Path(directory)
+    cfg = _lmforge_config(_read_json(directory / "config.json"), directory)
+    if not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS}; the export is incomplete")
     sd = load_file(str(directory / WEIGHTS))
     if cfg.tie_embeddings:  # save_model kept one of the two names of the shared tensor
         shared = sd.get("wte.weight", sd.get("lm_head.weight"))
@@ -374,6 +381,27 @@ def import_hf(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     sd = from_hf_state_dict(_load_weights(directory), cfg, family)
     _check_shapes(cfg, sd, directory)
     return cfg, sd
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    """The ModelConfig of a Hugging Face GPT-2 / Llama directory (its config.json has a
+    model_type) or of an `export_safetensors` directory, without reading any weights."""
+    directory = Path(directory)
+    c = _read_json(directory / "config.json")
+    if "model_type" not in c:
+        return _lmforge_config(c, directory)
+    if c["model_type"] == "gpt2":
+        return _gpt2_config(c)
+    if c["model_type"] == "llama":
+        return _llama_config(c)
+    raise _refuse(f"model_type={c['model_type']!r}; lmforge imports gpt2 and llama")
+
+
+def import_any(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """`import_hf` or `import_safetensors`, whichever wrote `directory`."""
+    if "model_type" in _read_json(Path(directory) / "config.json"):
+        return import_hf(directory)
+    return import_safetensors(directory)
 
 
 def _check_shapes(cfg: ModelConfig, sd: dict[str, Tensor], directory: Path) -> None:

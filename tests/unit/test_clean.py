@@ -57,7 +57,10 @@ def only(**kw) -> CleanConfig:
 
 def test_normalize_nfc_composes_and_nfkc_folds_full_width():
     full_width = "\uff21\uff22\uff23\uff11\uff12\uff13\uff01"  # ＡＢＣ１２３！
-    assert clean("e\u0301t\u00e9 " + full_width, only(normalize="NFC")) == "\u00e9t\u00e9 " + full_width
+    assert clean("e\u0301t\u00e9 " + full_width, only(normalize="NFC", fold_fullwidth=False)) == \
+        "\u00e9t\u00e9 " + full_width
+    # by default NFC folds the letters and digits only: CJK writes its punctuation full-width
+    assert clean("e\u0301t\u00e9 " + full_width, only(normalize="NFC")) == "\u00e9t\u00e9 ABC123\uff01"
     assert clean("e\u0301t\u00e9 " + full_width + " \ufb01", only(normalize="NFKC")) == \
         "\u00e9t\u00e9 ABC123! fi"
     assert clean("e\u0301", OFF) == "e\u0301"
@@ -201,7 +204,9 @@ def test_defaults_leave_python_sources_and_their_indentation():
 def test_chinese_survives_nfkc_and_defaults():
     text = "（ＧＰＴ－２）在２０２４年，" + ZH + "你好！\u3000再见？"
     fold = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
-    assert clean(text, CleanConfig()) == text
+    assert clean(text, CleanConfig()) == "（ＧＰＴ－２）在２０２４年，".translate(
+        {c: c - 0xFEE0 for c in map(ord, "ＧＰＴ２０４")}) + ZH + "你好！\u3000再见？"
+    assert clean(text, CleanConfig(fold_fullwidth=False)) == text
     assert clean(text, CleanConfig(normalize="NFKC")) == text.translate(fold)
     assert clean(text, CleanConfig(normalize="NFKC")).startswith("(GPT-2)在2024年,人工智能")
 

@@ -133,11 +133,21 @@ _KEEP_FORMAT = ("\t\n\r\u200c\u200d\u200e\u200f\u061c\u0600\u0601\u0602\u0603\u0
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
+# Full-width digits and Latin letters (U+FF10-19, FF21-3A, FF41-5A) → ASCII.
+_FULLWIDTH_ALNUM = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF1A), (0xFF21, 0xFF3B), (0xFF41, 0xFF5B))
+                    for c in range(*r)}
+
+
 def _normalize(text: str, cfg: CleanConfig) -> str:
     # ASCII is invariant under NFC and NFKC, and the quick check avoids a copy.
-    if text.isascii() or unicodedata.is_normalized(cfg.normalize, text):
+    if text.isascii():
         return text
-    return unicodedata.normalize(cfg.normalize, text)
+    if not unicodedata.is_normalized(cfg.normalize, text):
+        text = unicodedata.normalize(cfg.normalize, text)
+    if cfg.normalize == "NFC" and cfg.fold_fullwidth:
+        folded = text.translate(_FULLWIDTH_ALNUM)
+        text = text if folded == text else folded  # unchanged text stays the same object
+    return text
 
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # terminal colour codes in captured logs

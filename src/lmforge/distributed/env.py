@@ -34,6 +34,7 @@ class DistInfo:
     local_rank: int = 0
     dp_rank: int = 0
     dp_size: int = 1
+    tp_rank: int = 0
     tp_size: int = 1
     mesh: Any = None  # DeviceMesh with dims ("dp",) or ("dp", "tp"); None in one process
 
@@ -96,12 +97,12 @@ def init(*, device_type: str, strategy: str, tp: int, timeout_s: float) -> DistI
     dp = world // tp
     if tp > 1:
         mesh = init_device_mesh(device_type, (dp, tp), mesh_dim_names=("dp", "tp"))
-        dp_rank = mesh.get_local_rank("dp")
+        dp_rank, tp_rank = mesh.get_local_rank("dp"), mesh.get_local_rank("tp")
     else:
         mesh = init_device_mesh(device_type, (dp,), mesh_dim_names=("dp",))
-        dp_rank = rank
+        dp_rank, tp_rank = rank, 0
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, dp_rank=dp_rank,
-                    dp_size=dp, tp_size=tp, mesh=mesh)
+                    dp_size=dp, tp_rank=tp_rank, tp_size=tp, mesh=mesh)
 
 
 def is_peer_failure(err: BaseException) -> bool:

@@ -112,7 +112,8 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # gradients live in the communication buckets themselves: no second copy of them
+    return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def parallelize(model: nn.Module, cfg: ParallelConfig, info: DistInfo, *, strategy: str,
@@ -158,6 +159,24 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
             for g in grads:
                 g.mul_(coef)
     return total
+
+
+def _local_bytes(t: torch.Tensor) -> int:
+    from torch.distributed.tensor import DTensor
+
+    local = t.to_local() if isinstance(t, DTensor) else t
+    return local.numel() * local.element_size()
+
+
+def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of parameters, gradients and optimizer state this rank holds: its shards under
+    FSDP and tensor parallelism, everything under DDP. Gradients are counted as large as
+    their parameters (they are, during a step)."""
+    params = {id(p): p for p in model.parameters()}.values()
+    weights = sum(_local_bytes(p) for p in params)
+    optim = sum(_local_bytes(v) for state in optimizer.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor))
+    return 2 * weights + optim
 
 
 def unwrap(model: nn.Module) -> nn.Module:

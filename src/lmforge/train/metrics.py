@@ -16,14 +16,18 @@ def log(message: str) -> None:
 
 
 class MetricsLog:
-    """Append-only JSON lines, one record per logged step or evaluation."""
+    """Append-only JSON lines, one record per logged step or evaluation; each record also
+    goes to `tensorboard` (a train.tensorboard.TensorBoard) when one is given."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, tensorboard: Any = None) -> None:
         self.path = Path(path)
+        self.tensorboard = tensorboard
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

@@ -6,6 +6,12 @@ RNG, best-validation record) is saved in each checkpoint, so `--resume` continue
 that would have happened had it never stopped, on this number of processes or another.
 
 Under torchrun every rank runs this same loop; rank 0 alone prints and writes metrics.
+
+Recurrent models (`model.recurrent`) train by truncated backpropagation through time on
+the same loop: the loader reads contiguous streams instead of random windows, and the
+trainer carries each row's hidden state from one step to the next, detached so that the
+gradient stops at the chunk boundary, and zeroed where a stream starts again. The hidden
+state of every stream is saved with the loader position, so their resume is exact too.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -24,23 +31,26 @@ import torch
 from lmforge import checkpoint
 from lmforge.config import Config
 from lmforge.data import shards
-from lmforge.data.loader import RandomWindows
+from lmforge.data.loader import RandomWindows, Streams
 from lmforge.data.tokenizer import load_tokenizer
 from lmforge.distributed import env
 from lmforge.distributed.env import SINGLE, DistInfo
 from lmforge.distributed.parallelize import (
     clip_grad_norm,
     gradient_sync,
+    model_state_bytes,
     parallelize,
     resolve_strategy,
     unwrap,
 )
 from lmforge.errors import ConfigError
-from lmforge.evaluate import cross_entropy, mean_loss, summarize
+from lmforge.evaluate import cross_entropy, mean_loss, stream_loss, summarize
 from lmforge.generate import generate_tokens
+from lmforge.init_from import load_into
 from lmforge.models import build_model
 from lmforge.train.metrics import MetricsLog, Progress, log, plot_losses
 from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.tensorboard import TensorBoard
 
 
 def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
@@ -78,7 +88,8 @@ class Counters:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, *, info: DistInfo = SINGLE) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, *, info: DistInfo = SINGLE,
+                 init_state: dict[str, torch.Tensor] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.info = info
@@ -95,6 +106,13 @@ class Trainer:
         self.tokenizer = load_tokenizer(data_dir / self.manifest["tokenizer"]["dir"])
         self._fit_vocab(self.manifest["tokenizer"]["vocab_size"])
         self.raw_model = build_model(cfg.model).to(self.device)
+        if init_state is not None:  # --init-from: weights from elsewhere, before any sharding
+            load_into(self.raw_model, init_state)
+        self.recurrent = getattr(self.raw_model, "recurrent", False)
+        if self.recurrent and self.strategy in ("tp", "fsdp+tp"):
+            raise ConfigError(f"parallel.strategy={self.strategy}: tensor parallelism splits "
+                              f"attention heads and MLPs, and model.arch={cfg.model.arch} has "
+                              "neither; use parallel.strategy=ddp (or fsdp)")
         # FSDP gathers parameters in bf16 when the run computes in it (reductions stay fp32)
         param_dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, self.device) else None
         self.model = parallelize(self.raw_model, cfg.parallel, info, strategy=self.strategy,
@@ -103,16 +121,25 @@ class Trainer:
                                          fused=self.strategy in ("single", "ddp"))
         if info.distributed:  # dropout differs between data-parallel ranks, not within a TP group
             torch.manual_seed(cfg.run.seed + info.dp_rank)
-        self.train_data = RandomWindows(shards.open_split(data_dir, "train"),
-                                        batch_size=cfg.train.batch_size,
-                                        block_size=cfg.model.block_size, seed=cfg.run.seed,
-                                        grad_accum=cfg.train.grad_accum, dp_rank=info.dp_rank,
-                                        dp_size=info.dp_size)
+        loader = Streams if self.recurrent else RandomWindows
+        self.train_data = loader(shards.open_split(data_dir, "train"),
+                                 batch_size=cfg.train.batch_size,
+                                 block_size=cfg.model.block_size, seed=cfg.run.seed,
+                                 grad_accum=cfg.train.grad_accum, dp_rank=info.dp_rank,
+                                 dp_size=info.dp_size)
+        # recurrent models: the hidden state of this rank's streams, one per micro-batch
+        self.states: list[Any] = [None] * cfg.train.grad_accum
         self.val_tokens = shards.open_split(data_dir, "val")
         self.counters = Counters()
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self._start = time.perf_counter()  # of fit(); eval records give the time since
+        split = self.manifest["splits"]["train"]  # train loss → bits per byte, for TensorBoard
+        self.tb = TensorBoard(self.run_dir, enabled=cfg.train.tensorboard and info.is_main,
+                              bpb_factor=split["tokens"] / (split["bytes"] * math.log(2))
+                              if split["bytes"] else math.nan)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", tensorboard=self.tb)
+        # one record per data-parallel rank: the ranks of a tensor-parallel group share windows
         self.samples_log = (self.run_dir / f"samples-rank{info.rank}.jsonl"
-                            if cfg.train.record_samples else None)
+                            if cfg.train.record_samples and info.tp_rank == 0 else None)
 
     def _fit_vocab(self, data_vocab: int) -> None:
         if self.cfg.model.vocab_size == 0:
@@ -138,6 +165,8 @@ class Trainer:
                  "loader": self.train_data.state_dict(),
                  "rng": env.gather_objects(rng, self.info),  # one per rank, in rank order
                  "world_size": self.info.world_size}
+        if self.recurrent:
+            state["streams"] = self._gather_streams()
         return checkpoint.save_checkpoint(
             self.run_dir, step=self.counters.step, model=self.model, optimizer=self.optimizer,
             trainer_state=state, model_config=dataclasses.asdict(self.cfg.model),
@@ -156,19 +185,63 @@ class Trainer:
         state = checkpoint.load_training_state(path, model=self.model, optimizer=self.optimizer)
         self.counters = Counters(**state["counters"])
         self.train_data.load_state_dict(state["loader"])
+        if self.recurrent:
+            self._scatter_streams(state["streams"])
         rngs = state["rng"]
         if self.info.rank < len(rngs):  # a rank the saving run did not have keeps its seed
             torch.set_rng_state(rngs[self.info.rank]["torch"])
             if "cuda" in rngs[self.info.rank] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rngs[self.info.rank]["cuda"], self.device)
-        if self.info.is_main:
+        if self.info.is_main:  # forget what the interrupted run did past its checkpoint
             self.metrics.truncate_after(self.counters.step)
-        if self.samples_log is not None and self.samples_log.is_file():
-            MetricsLog(self.samples_log).truncate_after(self.counters.step - 1)
+            self.tb.purge_after(self.counters.step)
+            for path in self.run_dir.glob("samples-rank*.jsonl"):  # of every rank it had
+                MetricsLog(path).truncate_after(self.counters.step - 1)
+        env.barrier(self.info)
         saved_on = state.get("world_size", 1)
         self.log(f"resumed from {path} at step {self.counters.step}"
                  + (f" (saved on {saved_on} processes)" if saved_on != self.info.world_size else ""))
         return path
+
+    # --- hidden state of the streams (recurrent models) --------------------------------
+
+    def _zero_state(self) -> Any:
+        return self.raw_model.new_state(self.cfg.train.batch_size, device=self.device)
+
+    def _stream_state(self, micro: int, starts: Any) -> Any:
+        """The state to feed micro-batch `micro`: the one its streams ended the previous
+        step with, zero in the rows that start their stream again."""
+        state = self.states[micro]
+        if state is None:
+            return self._zero_state()
+        restart = self.train_data.restarts(starts)
+        if restart.any():
+            state = self.raw_model.reset_state(state, torch.from_numpy(restart).to(self.device))
+        return state
+
+    def _gather_streams(self) -> list[torch.Tensor]:
+        """Every stream's hidden state, all ranks together in the loader's lane order
+        ((a*dp_size + r)*batch_size + row), on the CPU: [h] or [h, c], (L, global_batch, C)
+        each. Lane order, not rank order, so a run resumed on another number of ranks
+        hands each stream its own state."""
+        mine = []
+        for state in self.states:
+            state = self._zero_state() if state is None else state
+            parts = state if isinstance(state, tuple) else (state,)
+            mine.append([p.detach().cpu() for p in parts])
+        every = env.gather_objects((self.info.dp_rank, mine), self.info)
+        by_dp = dict(every)  # ranks of one tensor-parallel group hold the same state
+        order = [by_dp[r][a] for a in range(len(self.states)) for r in range(self.info.dp_size)]
+        return [torch.cat(parts, dim=1) for parts in zip(*order, strict=True)]
+
+    def _scatter_streams(self, saved: list[torch.Tensor]) -> None:
+        """This rank's streams' hidden state, from every stream's (see _gather_streams)."""
+        B, dp = self.cfg.train.batch_size, self.info.dp_size
+        for a in range(len(self.states)):
+            row = (a * dp + self.info.dp_rank) * B
+            # as saved, dtype included (bf16 autocast may have made it bf16)
+            parts = [p[:, row:row + B].to(self.device) for p in saved]
+            self.states[a] = tuple(parts) if len(parts) == 2 else parts[0]
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -190,8 +263,14 @@ class Trainer:
             x, y = self.train_data.windows(starts)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             # gradients are reduced across ranks once, on the last micro-batch
+            state = self._stream_state(micro, starts) if self.recurrent else None
             with gradient_sync(self.model, micro == accum - 1), self.autocast():
-                logits, _ = self.model(x)
+                if self.recurrent:
+                    logits, state = self.model(x, state)
+                    # truncated BPTT: the next step starts from here, without a graph
+                    self.states[micro] = self.raw_model.detach_state(state)
+                else:
+                    logits, _ = self.model(x)
                 loss = cross_entropy(logits, y)
                 (loss / accum).backward()
             total += loss.detach()
@@ -208,6 +287,10 @@ class Trainer:
         batch_size = e.batch_size or t.batch_size
         # the subset is as many windows as eval.batches global batches: the same windows
         # whatever the number of ranks sharing them
+        if self.recurrent:  # as many streams, each e.batches chunks long
+            return stream_loss(self.model, self.val_tokens, block_size=self.cfg.model.block_size,
+                               lanes=batch_size * self.info.dp_size, max_chunks=e.batches,
+                               device=self.device, autocast=self.autocast, info=self.info)
         windows = e.batches * batch_size * self.info.dp_size
         return mean_loss(self.model, self.val_tokens, block_size=self.cfg.model.block_size,
                          batch_size=batch_size, max_windows=windows,
@@ -225,7 +308,8 @@ class Trainer:
         if self.info.is_main:
             self.metrics.write({"kind": "eval", "step": c.step, "val_loss": val_loss,
                                 "val_bpb": figures["bits_per_byte"],
-                                "val_ppl": figures["perplexity"]})
+                                "val_ppl": figures["perplexity"], "tokens": c.tokens,
+                                "elapsed_s": time.perf_counter() - self._start})
         self.log(f"step {c.step}: val loss {val_loss:.4f}, {figures['bits_per_byte']:.4f} bits/byte"
             + ("  (best)" if improved else ""))
         if improved and self.cfg.checkpoint.keep_best:
@@ -245,12 +329,16 @@ class Trainer:
         self.log(f"global batch: {t.batch_size} sequences x {t.grad_accum} accumulation x "
                  f"{info.dp_size} data-parallel = {self.train_data.global_batch} sequences, "
                  f"{tokens_per_step:,} tokens per step")
+        if self.recurrent:
+            d = self.train_data
+            self.log(f"truncated BPTT: {d.global_batch} streams of {d.chunks} chunks x "
+                     f"{d.block_size} tokens; one pass over the train split every {d.chunks} steps")
         if c.step >= t.max_steps:
             self.log(f"already trained to step {c.step}; raise --train.max_steps to continue")
             return {"step": c.step, "stopped": "max_steps", "best_val_loss": c.best_val}
         progress = Progress(total=t.max_steps, initial=c.step, enabled=t.progress and info.is_main,
                             every=t.log_every, quiet=not info.is_main)
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
         deadline = start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
         first_step, stopped, last_eval = c.step, "max_steps", -1
         self.model.train()
@@ -284,12 +372,23 @@ class Trainer:
             self._after_eval(self.evaluate())
         self.save()
         elapsed = time.perf_counter() - start
+        self._record_memory()
         if info.is_main:
             plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=str(self.run_dir))
         self.log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
                  f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run_dir}")
         return {"step": c.step, "stopped": stopped, "best_val_loss": c.best_val, "elapsed_s": elapsed,
                 "tokens_per_s": (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)}
+
+    def _record_memory(self) -> None:
+        """What each rank held: parameters, gradients (as large as the parameters they belong
+        to) and optimizer state, and the process's peak resident memory."""
+        state = env.gather_objects(model_state_bytes(self.model, self.optimizer), self.info)
+        rss = env.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                 self.info)
+        if self.info.is_main:
+            self.metrics.write({"kind": "state", "step": self.counters.step,
+                                "state_bytes_per_rank": max(state), "peak_rss_mb_per_rank": rss})
 
     def samples(self, *, count: int, max_new_tokens: int) -> list[str]:
         """Texts generated from an end-of-text token, with a generator of their own so that

@@ -1,0 +1,130 @@
+"""`lmforge train --init-from DIR`: a new run that starts from weights trained elsewhere.
+
+DIR is a Hugging Face GPT-2 or Llama-style model directory (`hf.import_hf`) or the output
+of `lmforge export --format safetensors` (`hf.import_safetensors`), for continued
+pre-training or fine-tuning on the user's corpus, with the user's tokenizer.
+
+The architecture comes from DIR, since the weights only fit the model they were trained
+in: a recipe's [model] values are replaced (and said so), and a `--model.X` on the
+command line that disagrees with DIR is an error. Two fields are the run's own choice:
+model.dropout (a training setting, not part of the function the weights compute) and a
+model.block_size shorter than DIR's (a shorter context; the learned position table is cut
+to its first rows). Rank 0 resolves the config (`resolve_config`); every rank then loads
+the weights itself (`load_state`) and the trainer copies them into the model before it is
+parallelized, so DIR must be readable on every machine of a multi-node job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from lmforge import hf
+from lmforge.config import Config, ModelConfig
+from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+
+RUN_OWN = ("dropout", "block_size")  # fields the new run may choose; see the module docstring
+
+
+def _directory(path: str) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ConfigError(f"--init-from {path}: no such directory; give a Hugging Face model "
+                          "directory or the output of `lmforge export`")
+    if not (directory / "config.json").is_file():
+        raise ConfigError(f"--init-from {path} has no config.json; give a Hugging Face model "
+                          "directory or the output of `lmforge export`")
+    return directory
+
+
+def _block_size_ok(imported: ModelConfig, block_size: int) -> bool:
+    # rope tables are computed, not learned: any context works; learned positions stop at DIR's
+    return imported.pos == "rope" or block_size <= imported.block_size
+
+
+def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
+    """Set cfg.model to the model in cfg.run.init_from (made absolute), keeping the run's
+    own dropout and a shorter block_size. `explicit` are the keys set on the command line:
+    those must agree with DIR. Returns a line that says what was taken from DIR."""
+    directory = _directory(cfg.run.init_from)
+    imported = hf.read_model_config(directory)
+    explicit = set(explicit)
+    replaced = []
+    for f in dataclasses.fields(ModelConfig):
+        ours, theirs, key = getattr(cfg.model, f.name), getattr(imported, f.name), f"model.{f.name}"
+        if f.name == "dropout" or ours == theirs:
+            continue
+        if f.name == "block_size" and _block_size_ok(imported, ours) and key in explicit:
+            continue
+        if key in explicit:
+            hint = (f"; at most {imported.block_size} with learned positions"
+                    if f.name == "block_size" else "")
+            raise ConfigError(f"--{key}={ours} conflicts with the model in {directory} "
+                              f"({f.name}={theirs}); drop it, the architecture comes from "
+                              f"--init-from{hint}")
+        if ours != getattr(ModelConfig(), f.name):  # a value someone chose, not a default
+            replaced.append(f"{f.name}={ours}")
+        setattr(cfg.model, f.name, theirs)
+    cfg.run.init_from = str(directory.resolve())
+    m = cfg.model
+    return (f"model from {directory}: {m.arch}, {m.n_layer} layers, {m.n_head} heads, width "
+            f"{m.n_embd}, context {m.block_size}, vocabulary {m.vocab_size}"
+            + (f" (in place of the config's {', '.join(replaced)})" if replaced else ""))
+
+
+def check_tokenizer(cfg: Config) -> str:
+    """The dataset's tokenizer must fit the imported embedding (vocab_size at least its
+    vocabulary). A tokenizer other than DIR's is allowed, since the imported embeddings
+    are then relearned, but worth a note: returned, or "" for DIR's own tokenizer."""
+    from lmforge.data.tokenizer import load_tokenizer
+
+    data = Path(cfg.data.path)
+    manifest = json.loads((data / "manifest.json").read_text())
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    if cfg.model.vocab_size < vocab:
+        raise ConfigError(f"the dataset {data} has a tokenizer of {vocab} tokens, more than the "
+                          f"{cfg.model.vocab_size} the model in {cfg.run.init_from} has "
+                          "embeddings for; prepare the data with a tokenizer of at most "
+                          f"{cfg.model.vocab_size} tokens")
+    try:
+        theirs = hf.import_hf_tokenizer(Path(cfg.run.init_from))
+    except LmforgeError:
+        theirs = None
+    ours = load_tokenizer(data / manifest["tokenizer"]["dir"])
+    # the same vocabulary: every id decodes to the same text
+    same = (theirs is not None and theirs.vocab_size == ours.vocab_size
+            and all(theirs.decode([i]) == ours.decode([i]) for i in range(ours.vocab_size)))
+    if same:
+        return ""
+    return (f"note: the dataset's {ours.kind} tokenizer ({ours.vocab_size} tokens) is not the "
+            f"one {cfg.run.init_from} was trained with; its embeddings start out meaning other "
+            "tokens")
+
+
+def load_state(cfg: Config) -> dict[str, Tensor]:
+    """The weights of cfg.run.init_from, fitted to cfg.model (a shorter learned position
+    table cut to block_size)."""
+    directory = _directory(cfg.run.init_from)
+    imported, sd = hf.import_any(directory)
+    differ = [f"{f.name}: {getattr(imported, f.name)} there, {getattr(cfg.model, f.name)} here"
+              for f in dataclasses.fields(ModelConfig)
+              if f.name not in RUN_OWN and getattr(imported, f.name) != getattr(cfg.model, f.name)]
+    if differ or not _block_size_ok(imported, cfg.model.block_size):
+        raise CheckpointError(f"{directory} changed since this run was set up "
+                              f"({'; '.join(differ) or 'block_size'}); start a new run")
+    if "wpe.weight" in sd:
+        sd["wpe.weight"] = sd["wpe.weight"][:cfg.model.block_size]
+    return sd
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy `state` into a freshly built (not yet parallelized) model."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"the --init-from weights do not fit the model ({first})") from None

@@ -1,0 +1,427 @@
+"""Run reports: one HTML page that explains a run, or overlays several for comparison.
+
+    lmforge report RUN              RUN/report.html and RUN/figures/*.png
+    lmforge report RUN_A RUN_B …    compare-A-B…/report.html beside RUN_A, and its figures/
+    … --out DIR                     DIR/report.html and DIR/figures/*.png
+
+Training writes the single-run report when it ends (train.report). The page is
+self-contained: the figures are PNGs embedded as base64 (and written beside it as files,
+for slides and issues), the styles are inline, and there is no script and no link to
+anything outside the file, so it opens offline, from an archive or an e-mail.
+
+It shows: a summary table; loss and bits per byte against step and against wall time;
+learning rate, gradient norm and throughput; the resolved config (for several runs, the
+keys that differ); the dataset's report (what prepare read, dropped and wrote); the
+samples; and the checkpoints. Everything comes from files the run directory already has
+(config.toml, metrics.jsonl, samples.txt, checkpoints/) and from the dataset's
+manifest.json and report.json, so a report can be made for a run that is still training.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import struct
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.rundir import CONFIG_FILE, read_run_config
+
+REPORT = "report.html"
+FIGURES = "figures"
+
+
+@dataclass
+class RunData:
+    """What a report needs from one run directory."""
+
+    path: Path
+    name: str
+    config: dict[str, Any]
+    config_text: str
+    train: list[dict[str, Any]] = field(default_factory=list)  # with "time_s": cumulative
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+    data_report: dict[str, Any] | None = None
+    samples: str = ""
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    params: int | None = None
+
+    @property
+    def train_bpb_factor(self) -> float:
+        """Train loss (nats per token) x this = bits per byte of the train split."""
+        split = (self.manifest or {}).get("splits", {}).get("train", {})
+        if not split.get("bytes"):
+            return math.nan
+        return split["tokens"] / (split["bytes"] * math.log(2))
+
+
+# ---------------------------------------------------------------------------- reading
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of metrics.jsonl; a line cut short by a killed run is skipped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _wall_clock(train: list[dict[str, Any]]) -> None:
+    """Give each train record `time_s`: time in training since the run began. elapsed_s
+    restarts at 0 when a run is resumed, so each restart continues from the last time."""
+    offset = last = 0.0
+    for r in train:
+        t = float(r.get("elapsed_s", 0.0))
+        if t + 1e-9 < last - offset:  # the clock went back: a resumed attempt
+            offset = last
+        last = offset + t
+        r["time_s"] = last
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Linear interpolation, clamped at the ends."""
+    if not xs:
+        return math.nan
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True),
+                                  strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / ((x1 - x0) or 1.0)
+    return ys[-1]
+
+
+def _safetensors_params(path: Path) -> int | None:
+    """Number of weights in a safetensors file, from its JSON header alone."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+
+
+def _checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    root = run_dir / "checkpoints"
+    pointers = {}
+    for name in ("latest", "best"):
+        if (root / name).is_file():
+            pointers.setdefault((root / name).read_text().strip(), []).append(name)
+    out = []
+    for path in sorted(root.glob("step_*")):
+        if not path.is_dir():
+            continue
+        try:
+            step = json.loads((path / "meta.json").read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            step = None  # a checkpoint still being written, or damaged
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        out.append({"name": path.name, "step": step, "bytes": size,
+                    "marks": pointers.get(path.name, [])})
+    return out
+
+
+def _json_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)  # a missing or foreign directory is a one-line error here
+    text = (run_dir / CONFIG_FILE).read_text()
+    records = _read_jsonl(run_dir / "metrics.jsonl")
+    data = RunData(path=run_dir, name=name or run_dir.name, config=tomllib.loads(text),
+                   config_text=text,
+                   train=[r for r in records if r.get("kind") == "train"],
+                   evals=[r for r in records if r.get("kind") == "eval"])
+    _wall_clock(data.train)
+    steps = [r["step"] for r in data.train]
+    times = [r["time_s"] for r in data.train]
+    for r in data.evals:  # an evaluation follows the train step of the same number
+        r["time_s"] = _interp(r["step"], steps, times)
+    data_dir = Path(cfg.data.path)
+    data.manifest = _json_or_none(data_dir / "manifest.json")
+    data.data_report = _json_or_none(data_dir / "report.json")
+    samples = run_dir / "samples.txt"
+    data.samples = samples.read_text() if samples.is_file() else ""
+    data.checkpoints = _checkpoints(run_dir)
+    if data.checkpoints:
+        data.params = _safetensors_params(run_dir / "checkpoints" / data.checkpoints[-1]["name"]
+                                          / "model.safetensors")
+    return data
+
+
+# ---------------------------------------------------------------------------- figures
+
+def _series(run: RunData, what: str, x: str) -> list[tuple[str, str, list[float], list[float]]]:
+    """(label, style, xs, ys) lines of one run for figure `what` against `x` (step, time_s)."""
+    tr = [r for r in run.train if x in r]
+    ev = [r for r in run.evals if x in r]
+    out: list[tuple[str, str, list[float], list[float]]] = []
+
+    def add(label: str, style: str, rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> None:
+        pts = [(r[x], r[key] * scale) for r in rows
+               if key in r and r[key] is not None and math.isfinite(r[key] * scale)]
+        if pts:
+            out.append((label, style, [p[0] for p in pts], [p[1] for p in pts]))
+
+    if what == "loss":
+        add("train", "train", tr, "loss")
+        add("validation", "val", ev, "val_loss")
+    elif what == "bpb":
+        add("train", "train", tr, "loss", run.train_bpb_factor)
+        add("validation", "val", ev, "val_bpb")
+    else:
+        add(what, "train", tr, what)
+    return out
+
+
+FIGURE_SPECS = [  # file name, quantity, x, title, y label
+    ("loss-step", "loss", "step", "Loss", "loss (nats per token)"),
+    ("loss-time", "loss", "time_s", "Loss against wall time", "loss (nats per token)"),
+    ("bpb-step", "bpb", "step", "Bits per byte", "bits per byte"),
+    ("bpb-time", "bpb", "time_s", "Bits per byte against wall time", "bits per byte"),
+    ("lr", "lr", "step", "Learning rate", "learning rate"),
+    ("grad-norm", "grad_norm", "step", "Gradient norm (before clipping)", "global L2 norm"),
+    ("throughput", "tokens_per_s", "step", "Throughput", "tokens per second"),
+]
+
+
+def _figure(runs: list[RunData], *, what: str, x: str, title: str, ylabel: str) -> bytes | None:
+    """One PNG with every run's lines (one colour per run: train thin, validation with
+    markers), or None when no run has data for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [(i, run, s) for i, run in enumerate(runs) for s in _series(run, what, x)]
+    if not lines:
+        return None
+    minutes = x == "time_s" and max(max(s[2]) for _, _, s in lines) > 120
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run, (label, style, xs, ys) in lines:
+        name = f"{run.name} {label}" if len(runs) > 1 else label
+        xs = [v / 60 for v in xs] if minutes else xs
+        kw = ({"linewidth": 1.0, "alpha": 0.75} if style == "train"
+              else {"marker": "o", "markersize": 3.5, "linewidth": 1.6})
+        ax.plot(xs, ys, color=colors[i % len(colors)], label=name, **kw)
+    ax.set_xlabel({"step": "step", "time_s": "wall time in training (minutes)" if minutes
+                   else "wall time in training (seconds)"}[x])
+    ax.set_ylabel(ylabel)
+    if what == "lr":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- html
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(head: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _num(x: Any, fmt: str = ",.4f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return format(x, fmt)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _summary(runs: list[RunData]) -> str:
+    rows = []
+    for run in runs:
+        m, last = run.config.get("model", {}), (run.train[-1] if run.train else {})
+        best = min(run.evals, key=lambda r: r["val_loss"]) if run.evals else {}
+        speeds = sorted(r["tokens_per_s"] for r in run.train if "tokens_per_s" in r)
+        shape = f"{m.get('arch')}, {m.get('n_layer')} layers × {m.get('n_embd')}"
+        rows.append([run.name, shape + (f", {run.params:,} weights" if run.params else ""),
+                     last.get("step", 0), _num(last.get("tokens"), ","),
+                     _duration(last.get("time_s")), _num(last.get("loss")),
+                     f"{_num(best.get('val_loss'))} @ {best['step']}" if best else "–",
+                     _num(best.get("val_bpb")),
+                     _num(speeds[len(speeds) // 2] if speeds else None, ",.0f")])
+    return _table(["run", "model", "steps", "tokens", "time training", "last train loss",
+                   "best val loss", "its bits/byte", "median tokens/s"], rows, cls="num")
+
+
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, values in tree.items() if isinstance(values, dict)
+            for k, v in values.items()}
+
+
+def _config_section(runs: list[RunData]) -> str:
+    if len(runs) == 1:
+        return f"<pre class=config>{_e(runs[0].config_text)}</pre>"
+    flat = [_flatten(r.config) for r in runs]
+    keys = sorted({k for f in flat for k in f}, key=lambda k: list(flat[0]).index(k)
+                  if k in flat[0] else len(flat[0]))
+    skip = ("run.dir",)
+    differ = [[k, *(f.get(k, "–") for f in flat)] for k in keys
+              if k not in skip and len({json.dumps(f.get(k)) for f in flat}) > 1]
+    table = (_table(["key", *(r.name for r in runs)], differ) if differ
+             else "<p>The runs have the same config (apart from run.dir).</p>")
+    full = "".join(f"<details><summary>{_e(r.name)}: config.toml</summary>"
+                   f"<pre class=config>{_e(r.config_text)}</pre></details>" for r in runs)
+    return f"<p>Keys whose values differ:</p>{table}{full}"
+
+
+def _data_section(run: RunData) -> str:
+    path = run.config.get("data", {}).get("path", "")
+    if run.manifest is None:
+        return f"<p>The dataset {_e(path)} is not on this machine.</p>"
+    parts = [f"<p>Dataset <code>{_e(path)}</code>; {_e(run.manifest['tokenizer']['kind'])} "
+             f"tokenizer, {run.manifest['tokenizer']['vocab_size']:,} tokens.</p>"]
+    splits = run.manifest.get("splits", {})
+    parts.append(_table(["split", "documents", "tokens", "bytes", "bytes per token"],
+                        [[name, _num(s.get("documents"), ","), _num(s.get("tokens"), ","),
+                          _num(s.get("bytes"), ","),
+                          _num(s["bytes"] / s["tokens"] if s.get("tokens") else None, ".3f")]
+                         for name, s in splits.items()], cls="num"))
+    rep = run.data_report
+    if rep is None:
+        return "".join(parts) + "<p>No report.json beside the shards.</p>"
+    sources = ", ".join(f"{k.replace('_', ' ')} {_num(v, ',') if isinstance(v, int) else v}"
+                        for k, v in (rep.get("sources") or {}).items())
+    if sources:
+        parts.append(f"<p>Sources: {_e(sources)}.</p>")
+    clean = [[step, _num(c.get("docs_in"), ","), _num(c.get("docs_out"), ","),
+              _num(c.get("bytes_in"), ","), _num(c.get("bytes_out"), ",")]
+             for step, c in (rep.get("clean") or {}).items()]
+    if clean:
+        parts.append(_table(["cleaning step", "documents in", "documents out", "bytes in",
+                             "bytes out"], clean, cls="num"))
+    top = rep.get("top_tokens") or []
+    if top:
+        chips = " ".join(f"<code>{_e(repr(t['text']))}</code>&nbsp;{t['share']:.1%}" for t in top[:20])
+        parts.append(f"<p>Most frequent tokens: {chips}</p>")
+    return "".join(parts)
+
+
+def _checkpoint_section(run: RunData) -> str:
+    if not run.checkpoints:
+        return "<p>No checkpoint yet.</p>"
+    rows = [[c["name"], _num(c["step"], ","), f"{c['bytes'] / 1e6:,.1f} MB", ", ".join(c["marks"])]
+            for c in run.checkpoints]
+    return _table(["checkpoint", "step", "size", ""], rows)
+
+
+def _samples_section(run: RunData) -> str:
+    if not run.samples:
+        return "<p>No samples (eval.samples=0, or the run has not finished).</p>"
+    return f"<pre>{_e(run.samples)}</pre>"
+
+
+def _per_run(runs: list[RunData], title: str, body: Any) -> str:
+    if len(runs) == 1:
+        return f"<h2>{_e(title)}</h2>{body(runs[0])}"
+    return f"<h2>{_e(title)}</h2>" + "".join(
+        f"<details><summary>{_e(r.name)}</summary>{body(r)}</details>" for r in runs)
+
+
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
+max-width:1180px;padding:1.5em 2em;color:#1f2328;background:#fff}
+h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #d0d7de}
+.sub{color:#59636e}table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f6f8fa}table.num td:not(:first-child){text-align:right;font-variant-numeric:tabular-nums}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em}
+figure{margin:0}figure img{width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{font-size:.85em;color:#59636e}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
+pre.config{column-width:24em;column-gap:2em}details{margin:.4em 0}summary{cursor:pointer;font-weight:600}code{font-size:.9em}
+"""
+
+
+def _page(runs: list[RunData], figures: list[tuple[str, str, bytes]]) -> str:
+    title = ("lmforge run " + runs[0].name if len(runs) == 1
+             else "lmforge runs " + ", ".join(r.name for r in runs))
+    figs = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
+        f'alt="{_e(caption)}"><figcaption>{_e(caption)} ({FIGURES}/{name}.png)</figcaption></figure>'
+        for name, caption, png in figures) or "<p>No metrics recorded yet.</p>"
+    note = ("<p class=sub>Losses are per token, so they compare only between runs with the "
+            "same tokenizer; bits per byte compares any two.</p>" if len(runs) > 1 else "")
+    where = ", ".join(str(r.path) for r in runs)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{_e(title)}</h1><p class=sub>{_e(where)}</p>"
+            f"{_summary(runs)}<h2>Curves</h2>{note}<div class=figs>{figs}</div>"
+            f"<h2>Config</h2>{_config_section(runs)}"
+            f"{_per_run(runs, 'Data', _data_section)}"
+            f"{_per_run(runs, 'Samples', _samples_section)}"
+            f"{_per_run(runs, 'Checkpoints', _checkpoint_section)}"
+            "</body></html>\n")
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def default_out(runs: list[Path]) -> Path:
+    """The run itself for one run; compare-A-B… beside the first run for several."""
+    if len(runs) == 1:
+        return Path(runs[0])
+    names = [Path(r).resolve().name for r in runs]
+    label = "-".join(names[:3]) + (f"-and-{len(names) - 3}-more" if len(names) > 3 else "")
+    return Path(runs[0]).resolve().parent / f"compare-{label}"
+
+
+def write_report(runs: list[Path], *, out: Path | None = None) -> str:
+    """Write OUT/report.html and OUT/figures/*.png for `runs`; return a one-line summary."""
+    if not runs:
+        raise LmforgeError("give at least one run directory")
+    paths = [Path(r) for r in runs]
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) < len(names):  # runs/a/x and runs/b/x: tell them apart by path
+        names = [str(p) for p in paths]
+    data = [load_run_data(p, name=n) for p, n in zip(paths, names, strict=True)]
+    out = Path(out) if out is not None else default_out(paths)
+    if out.exists() and not out.is_dir():
+        raise LmforgeError(f"--out {out} is a file; give a directory for report.html and its figures")
+    figures = []
+    for name, what, x, title, ylabel in FIGURE_SPECS:
+        png = _figure(data, what=what, x=x, title=title, ylabel=ylabel)
+        if png is not None:
+            figures.append((name, title, png))
+    (out / FIGURES).mkdir(parents=True, exist_ok=True)
+    for name, _, png in figures:
+        (out / FIGURES / f"{name}.png").write_bytes(png)
+    tmp = out / f".{REPORT}.tmp"
+    tmp.write_text(_page(data, figures), encoding="utf-8")
+    tmp.replace(out / REPORT)
+    return f"wrote {out / REPORT} ({len(figures)} figures, also in {out / FIGURES}/)"

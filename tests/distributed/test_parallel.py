@@ -1,0 +1,213 @@
+"""Training on several processes: real torchrun launches, real gloo process groups.
+
+Every strategy must give the losses of one process with the same global batch; a run saved
+on some number of ranks must continue on another as if nothing happened; torchrun's
+multi-node rendezvous and elastic restarts must work; a vanished peer must end the run
+with a clear error instead of a hang.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+STEPS = 20
+# A tiny model; 4 heads so that 2-way tensor parallelism has whole heads on each rank.
+TINY = ["--model.n_layer=2", "--model.n_head=4", "--model.n_embd=32", "--model.block_size=32",
+        "--train.log_every=1", "--train.progress=false", "--eval.every=10", "--eval.batches=2",
+        "--eval.samples=0", "--checkpoint.every=10", "--optim.warmup_steps=5",
+        "--train.record_samples=true", "--data.path=data", "--data.source="]
+GLOBAL_BATCH = 8
+
+
+def run(cmd, *, cwd, timeout=300, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def torchrun(nproc, *args, extra=()):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", *extra, "-m", "lmforge", "train", *TINY, *map(str, args)]
+
+
+def single(*args):
+    return [sys.executable, "-m", "lmforge", "train", *TINY, *map(str, args)]
+
+
+def records(run_dir: Path, kind: str) -> dict[int, dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for _, r in sorted(records(run_dir, "train").items())]
+
+
+def windows_by_step(run_dir: Path) -> dict[int, list[int]]:
+    """Every window start any rank trained on, per step, from the samples-rankN records."""
+    seen: dict[int, list[int]] = {}
+    for path in run_dir.glob("samples-rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            seen.setdefault(r["step"], []).extend(r["starts"])
+    return {step: sorted(starts) for step, starts in seen.items()}
+
+
+def assert_same_run(run_dir: Path, reference: Path, *, tol: float = 1e-5) -> None:
+    got, want = losses(run_dir), losses(reference)
+    assert len(got) == len(want) == STEPS
+    assert np.max(np.abs(np.array(got) - np.array(want))) < tol, (got, want)
+    ev, ref = records(run_dir, "eval"), records(reference, "eval")
+    assert sorted(ev) == sorted(ref)
+    assert all(abs(ev[s]["val_loss"] - ref[s]["val_loss"]) < tol for s in ev)
+    assert windows_by_step(run_dir) == windows_by_step(reference)  # none skipped or repeated
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A char-level dataset of the json package's sources and the one-process reference run."""
+    work = tmp_path_factory.mktemp("parallel")
+    run([sys.executable, "-m", "lmforge", "prepare", "--data", str(STDLIB / "json" / "*.py"),
+         "--tokenizer", "char", "--out", "data", "--no-progress"], cwd=work)
+    run(single(f"--train.max_steps={STEPS}", f"--train.batch_size={GLOBAL_BATCH}",
+               "--run.dir=runs/single"), cwd=work)
+    return work
+
+
+@pytest.mark.parametrize(("strategy", "nproc", "micro", "extra"), [
+    ("ddp", 2, 4, []),
+    ("fsdp", 2, 4, []),  # ZeRO-3
+    ("fsdp", 2, 4, ["--parallel.reshard_after_forward=false"]),  # ZeRO-2
+    ("tp", 2, 8, []),
+    ("fsdp+tp", 4, 4, []),  # 2 x 2 mesh
+], ids=["ddp", "fsdp-zero3", "fsdp-zero2", "tp", "fsdp+tp"])
+def test_strategy_matches_one_process(work, strategy, nproc, micro, extra):
+    name = f"runs/{strategy}-{nproc}-{len(extra)}"
+    proc = run(torchrun(nproc, f"--train.max_steps={STEPS}", f"--train.batch_size={micro}",
+                        f"--parallel.strategy={strategy}", f"--run.dir={name}", *extra), cwd=work)
+    assert f"= {GLOBAL_BATCH} sequences" in proc.stderr  # the global batch is printed
+    assert_same_run(work / name, work / "runs" / "single")
+    # only rank 0 writes metrics: one record per step
+    lines = (work / name / "metrics.jsonl").read_text().splitlines()
+    assert sum('"kind": "train"' in line for line in lines) == STEPS
+
+
+def test_saved_on_two_fsdp_ranks_resumes_on_one_and_on_four(work):
+    run(torchrun(2, f"--train.max_steps={STEPS}", "--train.batch_size=4",
+                 "--parallel.strategy=fsdp", "--run.dir=runs/saved2"), cwd=work)
+    for nproc, micro in ((1, 8), (4, 2)):
+        resumed = work / "runs" / f"resumed{nproc}"
+        shutil.copytree(work / "runs" / "saved2", resumed)
+        shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:08d}")  # back to step 10
+        cmd = ([sys.executable, "-m", "lmforge", "train"] if nproc == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={nproc}", "-m", "lmforge", "train",
+                "--parallel.strategy=fsdp"])
+        proc = run([*cmd, "--resume", str(resumed), f"--train.batch_size={micro}"], cwd=work)
+        assert "at step 10 (saved on 2 processes)" in proc.stderr
+        assert_same_run(resumed, work / "runs" / "single")
+
+
+def test_another_global_batch_on_resume_is_refused(work):
+    proc = run([sys.executable, "-m", "lmforge", "train", "--resume", "runs/single",
+                "--train.batch_size=3", "--train.max_steps=30"], cwd=work, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "global batch of 8 windows, this run has 3" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_with_c10d_rendezvous(work):
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
+         "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+         "--rdzv-id=lmforge-test", "-m", "lmforge", "train", *TINY,
+         f"--train.max_steps={STEPS}", "--train.batch_size=4", "--run.dir=runs/two-nodes"],
+        cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for rank in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert_same_run(work / "runs" / "two-nodes", work / "runs" / "single")
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and any(json.loads(line).get("step", 0) >= step
+                                     for line in metrics.read_text().splitlines()[-3:]):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run did not reach step {step}")
+
+
+def test_elastic_restart_after_a_killed_worker_continues_the_run(work):
+    steps = ["--train.max_steps=600", "--checkpoint.every=100", "--eval.every=0",
+             "--train.batch_size=4", "--train.record_samples=false"]
+    run(torchrun(2, *steps, "--run.dir=runs/straight"), cwd=work)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(torchrun(2, *steps, "--run.dir=runs/elastic",
+                                     extra=["--max-restarts=1"]),
+                            cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    wait_for_step(work / "runs" / "elastic" / "metrics.jsonl", 150, proc)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "restart 1: continuing" in err and "resumed from" in err
+    straight, elastic = (records(work / "runs" / name, "train") for name in ("straight", "elastic"))
+    assert sorted(elastic) == list(range(1, 601))
+    assert all(elastic[s]["loss"] == straight[s]["loss"] for s in straight)
+
+
+def test_a_stuck_peer_ends_the_run_with_a_clear_error(work):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(torchrun(2, "--train.max_steps=100000", "--train.batch_size=4",
+                                     "--checkpoint.every=0", "--eval.every=0",
+                                     "--parallel.timeout_s=3", "--run.dir=runs/stuck",
+                                     "--train.record_samples=false"),
+                            cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    try:
+        wait_for_step(work / "runs" / "stuck" / "metrics.jsonl", 20, proc)
+        survivor, stuck = children(proc.pid)
+        os.kill(stuck, signal.SIGSTOP)  # alive but silent: the worst kind of peer
+        start = time.monotonic()
+        while time.monotonic() - start < 60 and Path(f"/proc/{survivor}").exists() and \
+                Path(f"/proc/{survivor}/stat").read_text().split()[2] != "Z":
+            time.sleep(0.1)
+        waited = time.monotonic() - start
+        os.kill(stuck, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert waited < 30, f"the surviving rank waited {waited:.0f}s"
+    assert proc.returncode != 0
+    line = next(ln for ln in err.splitlines() if "lmforge train: error" in ln)
+    assert "rank 0 lost contact with another process" in line and "--resume" in line

@@ -93,9 +93,10 @@ def work(tmp_path_factory):
     ("fsdp", 2, 4, ["--parallel.reshard_after_forward=false"]),  # ZeRO-2
     ("tp", 2, 8, []),
     ("fsdp+tp", 4, 4, []),  # 2 x 2 mesh
-], ids=["ddp", "fsdp-zero3", "fsdp-zero2", "tp", "fsdp+tp"])
+    ("fsdp", 2, 4, ["--parallel.activation_checkpointing=true"]),
+], ids=["ddp", "fsdp-zero3", "fsdp-zero2", "tp", "fsdp+tp", "fsdp-ac"])
 def test_strategy_matches_one_process(work, strategy, nproc, micro, extra):
-    name = f"runs/{strategy}-{nproc}-{len(extra)}"
+    name = f"runs/{strategy}-{nproc}-{'-'.join(e.split('.')[-1] for e in extra)}"
     proc = run(torchrun(nproc, f"--train.max_steps={STEPS}", f"--train.batch_size={micro}",
                         f"--parallel.strategy={strategy}", f"--run.dir={name}", *extra), cwd=work)
     assert f"= {GLOBAL_BATCH} sequences" in proc.stderr  # the global batch is printed

@@ -35,7 +35,8 @@ COMMON = ["--train.progress=false", "--train.log_every=1", "--eval.every=0", "--
 GLOBAL_BATCH = 8
 
 
-def train(name: str, out: Path, data: Path, *, steps: int, nproc: int, extra: list[str]) -> dict:
+def train(name: str, out: Path, data: Path, *, steps: int, nproc: int, dp: int,
+          extra: list[str]) -> dict:
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
     if nproc == 1:
@@ -46,7 +47,7 @@ def train(name: str, out: Path, data: Path, *, steps: int, nproc: int, extra: li
                   f"--nproc-per-node={nproc}", "-m", "lmforge", "train", "--train.threads=1"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [*launch, *MODEL, *COMMON, f"--data.path={data}", "--data.source=",
-           f"--train.max_steps={steps}", f"--train.batch_size={GLOBAL_BATCH // nproc}",
+           f"--train.max_steps={steps}", f"--train.batch_size={GLOBAL_BATCH // dp}",
            f"--run.dir={run_dir}", *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, text=True, capture_output=True, env=env)
@@ -74,14 +75,15 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "lmforge", "prepare", "--data", str(args.data),
                         "--tokenizer", "char", "--out", str(dataset), "--no-progress"], check=True)
 
-    cases = [("single", 1, []), ("ddp", 2, ["--parallel.strategy=ddp"]),
-             ("fsdp_zero2", 2, ["--parallel.strategy=fsdp",
-                                "--parallel.reshard_after_forward=false"]),
-             ("fsdp_zero3", 2, ["--parallel.strategy=fsdp"]),
-             ("tp", 2, ["--parallel.strategy=tp"])]
+    # (name, processes, data-parallel ranks among them, options); the global batch is the same
+    cases = [("single", 1, 1, []), ("ddp", 2, 2, ["--parallel.strategy=ddp"]),
+             ("fsdp_zero2", 2, 2, ["--parallel.strategy=fsdp",
+                                   "--parallel.reshard_after_forward=false"]),
+             ("fsdp_zero3", 2, 2, ["--parallel.strategy=fsdp"]),
+             ("tp", 2, 1, ["--parallel.strategy=tp"])]
     results = {}
-    for name, nproc, extra in cases:
-        r = results[name] = train(name, args.out, dataset, steps=args.steps, nproc=nproc,
+    for name, nproc, dp, extra in cases:
+        r = results[name] = train(name, args.out, dataset, steps=args.steps, nproc=nproc, dp=dp,
                                   extra=extra)
         print(f"{name:>11}: {nproc} process{'es' * (nproc > 1)}, {r['tokens_per_s']:8,.0f} tokens/s, "
               f"model state {r['state_mb']:6.1f} MiB per rank, peak RSS {r['peak_rss_mb']:6.0f} MiB, "

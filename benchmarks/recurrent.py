@@ -43,7 +43,7 @@ def measure(arch: str, *, data_dir: Path, out: Path, minutes: float | None) -> d
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["kind"] == "train"][-1]
     full = json.loads(lmforge("eval", str(run_dir), "--json", capture=True).stdout)
-    result = {"wall_s": wall, "tokens_per_s": last["tokens_per_s"], "steps": last["step"],
+    result = {"wall_s": wall, "tokens_per_s": last["tokens_per_s"], "steps": full["step"],
               "val_loss": full["loss"], "bits_per_byte": full["bits_per_byte"]}
     print(f"{arch}: {result['steps']} steps, {result['tokens_per_s']:,.0f} tokens/s, wall "
           f"{wall:.1f} s; full validation split: loss {full['loss']:.4f}, "

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config, load_config, recipe_path
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError
 
 DEFAULT_RECIPES = ("shakespeare_char", "lstm_char")
 EVAL_POINTS = 10  # periodic evaluations per run under a token budget, for the curves
@@ -102,8 +102,6 @@ def dataset(data: str, *, out: Path, tokenizer: str, log: Callable[[str], None])
     path = Path(data)
     if (path / "manifest.json").is_file():
         return path.resolve()
-    if path.is_dir() and (path / "train-00000.bin").exists():
-        raise DataError(f"{path} is an incomplete prepared dataset (no manifest.json); prepare it again")
     from lmforge.data.prepare import prepare
 
     target = out / "data"

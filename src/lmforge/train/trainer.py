@@ -109,6 +109,11 @@ class Trainer:
         if init_state is not None:  # --init-from: weights from elsewhere, before any sharding
             load_into(self.raw_model, init_state)
         self.recurrent = getattr(self.raw_model, "recurrent", False)
+        # DDP and FSDP2 both give one process's losses for recurrent models (tests/distributed/
+        # test_recurrent_ddp.py): FSDP2 sets each gathered weight through the module's
+        # __setattr__, which nn.RNNBase uses to keep its _flat_weights list current. On CUDA,
+        # cuDNN then copies those weights into its own flat layout at every call (PyTorch
+        # warns that they are not one contiguous chunk): correct, slower; prefer DDP there.
         if self.recurrent and self.strategy in ("tp", "fsdp+tp"):
             raise ConfigError(f"parallel.strategy={self.strategy}: tensor parallelism splits "
                               f"attention heads and MLPs, and model.arch={cfg.model.arch} has "

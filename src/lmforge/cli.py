@@ -82,7 +82,7 @@ def build_parser() -> Parser:
                    help="start from the weights in DIR: a Hugging Face GPT-2 or Llama-style "
                         "model directory, or `lmforge export` output; the architecture comes "
                         "from DIR (sets --run.init_from)")
-    p.add_argument("--nproc", type=int, default=0, metavar="N",
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train with N processes on this machine: hands the command to "
                         "`torchrun --standalone --nproc-per-node N` (see --parallel.strategy)")
     _add_config_options(p)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {**known, **parse_overrides(rest)}
         if args.verb == "train" and args.init_from is not None:
             overrides["run.init_from"] = str(args.init_from)
-        if args.verb == "train" and args.nproc:
+        if args.verb == "train" and args.nproc is not None:
             return _hand_to_torchrun(args.nproc, sys.argv[1:] if argv is None else argv)
         if args.verb == "train":
             from lmforge.commands import train_command
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         from lmforge import commands
         return getattr(commands, f"{args.verb}_command")(args)
     except LmforgeError as err:
-        print(f"lmforge {args.verb}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+            print(f"lmforge {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -102,6 +102,7 @@ def test_run_dir_is_never_overwritten(corpus):
     (["prepare", "--data", "empty", "--out", "x"], "no text"),
     (["prepare", "--data", "data/json/manifest.json", "--out", "y", "--vocab-size", "100"], "too small"),
     (["train", "--model.n_layr=2"], "did you mean 'model.n_layer'"),
+    (["train", "--nproc", "0"], "--nproc must be 1 or more, got 0"),
     (["train", "--train.max_steps=ten"], "train.max_steps: expected an integer"),
     (["train", "--data.path=nowhere", "--data.source="], "no prepared dataset at nowhere"),
     (["train", "--resume", "runs/none"], "run directory not found"),

@@ -97,8 +97,8 @@ def test_tensor_parallel_is_a_clear_error(work):
     proc = run(torchrun("train", *TINY, "--train.batch_size=4", "--parallel.strategy=tp",
                         "--run.dir=tp"), cwd=work, check=False)
     assert proc.returncode != 0
-    # one line from each rank, before any collective could hang (torchrun adds its report)
+    # one line, from rank 0 (every rank stops alike; torchrun adds its report)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lmforge train: error")]
-    assert len(lines) == 2 and all(line == lines[0] for line in lines)
+    assert len(lines) == 1
     assert "tensor parallelism splits attention heads and MLPs, and model.arch=lstm has " \
         "neither; use parallel.strategy=ddp" in lines[0]

@@ -87,6 +87,21 @@ def build_parser() -> Parser:
                         "`torchrun --standalone --nproc-per-node N` (see --parallel.strategy)")
     _add_config_options(p)
 
+    p = verbs.add_parser("bench", help="time training steps of a recipe: tokens/s, MFU, memory",
+                         allow_abbrev=False,
+                         usage="lmforge bench [RECIPE] [--steps N] [--warmup N] [--json] "
+                               "[--SECTION.FIELD=VALUE ...]",
+                         description="Build the recipe's model, optimizer and data as `lmforge "
+                                     "train` does, run --warmup steps, time --steps steps and "
+                                     "print tokens/s, time per step, MFU against the device's "
+                                     "peak (re-measured by a matmul probe; the best figure is "
+                                     "cached) and peak memory. Nothing is saved.")
+    p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_config_options(p)
+
     p = verbs.add_parser("compare", help="train several recipes on the same data for the same "
                          "budget; print a table and plot validation bits per byte",
                          allow_abbrev=False,
@@ -190,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb is None:
             parser.print_help()
             return 0
-        if rest and args.verb not in ("train", "prepare", "compare"):
+        if rest and args.verb not in ("train", "prepare", "compare", "bench"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         known = {k: v for k, v in vars(args).items() if "." in k}
         for key, value in known.items():
@@ -206,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "prepare":
             from lmforge.commands import prepare_command
             return prepare_command(args, overrides=overrides)
+        if args.verb == "bench":
+            from lmforge.bench import bench_command
+            return bench_command(args, overrides=overrides)
         if args.verb == "compare":  # checks its inputs before it imports torch
             from lmforge.compare import compare_command
             return compare_command(args, overrides=overrides)

@@ -150,6 +150,12 @@ class TrainConfig:
                                      "(`tensorboard --logdir runs/` shows every run).")
     report: bool = option(True, "Write RUN/report.html (figures, config, data, samples, "
                                 "checkpoints) when training ends; `lmforge report RUN` redoes it.")
+    peak_tflops: float = option(0.0, "Peak TFLOP/s of one device, for model FLOPs utilization "
+                                     "(MFU); 0: the datasheet figure of known GPUs, else a "
+                                     "matrix-multiply probe measured once and cached.")
+    profile: int = option(0, "Profile this many training steps (after 5 of warm-up) with "
+                             "torch.profiler: RUN/profile/trace.json (Perfetto, "
+                             "chrome://tracing) and a table of the top operators.")
 
 
 @dataclass
@@ -161,6 +167,8 @@ class EvalConfig:
                                          "validation loss (0: never).")
     samples: int = option(2, "Samples printed at the end of training.")
     sample_tokens: int = option(200, "Length of those samples in tokens.")
+    samples_at_eval: int = option(1, "Samples drawn at each evaluation, eval.sample_tokens long "
+                                     "(RUN/samples.jsonl, the report and TensorBoard; 0: none).")
 
 
 @dataclass

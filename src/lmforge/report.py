@@ -10,10 +10,11 @@ for slides and issues), the styles are inline, and there is no script and no lin
 anything outside the file, so it opens offline, from an archive or an e-mail.
 
 It shows: a summary table; loss and bits per byte against step and against wall time;
-learning rate, gradient norm and throughput; the resolved config (for several runs, the
+learning rate, gradient norm, throughput and MFU; the resolved config (for several runs, the
 keys that differ); the dataset's report (what prepare read, dropped and wrote); the
-samples; and the checkpoints. Everything comes from files the run directory already has
-(config.toml, metrics.jsonl, samples.txt, checkpoints/) and from the dataset's
+samples at the end and at each evaluation; and the checkpoints. Everything comes from
+files the run directory already has (config.toml, metrics.jsonl, samples.txt,
+samples.jsonl, checkpoints/) and from the dataset's
 manifest.json and report.json, so a report can be made for a run that is still training.
 """
 
@@ -50,6 +51,7 @@ class RunData:
     manifest: dict[str, Any] | None = None
     data_report: dict[str, Any] | None = None
     samples: str = ""
+    eval_samples: list[dict[str, Any]] = field(default_factory=list)  # {"step", "texts"}
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     params: int | None = None
 
@@ -159,6 +161,7 @@ def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
     data.data_report = _json_or_none(data_dir / "report.json")
     samples = run_dir / "samples.txt"
     data.samples = samples.read_text() if samples.is_file() else ""
+    data.eval_samples = _read_jsonl(run_dir / "samples.jsonl")
     data.checkpoints = _checkpoints(run_dir)
     if data.checkpoints:
         data.params = _safetensors_params(run_dir / "checkpoints" / data.checkpoints[-1]["name"]
@@ -199,6 +202,7 @@ FIGURE_SPECS = [  # file name, quantity, x, title, y label
     ("lr", "lr", "step", "Learning rate", "learning rate"),
     ("grad-norm", "grad_norm", "step", "Gradient norm (before clipping)", "global L2 norm"),
     ("throughput", "tokens_per_s", "step", "Throughput", "tokens per second"),
+    ("mfu", "mfu", "step", "Model FLOPs utilization", "share of the device's peak"),
 ]
 
 
@@ -268,15 +272,19 @@ def _summary(runs: list[RunData]) -> str:
         m, last = run.config.get("model", {}), (run.train[-1] if run.train else {})
         best = min(run.evals, key=lambda r: r["val_loss"]) if run.evals else {}
         speeds = sorted(r["tokens_per_s"] for r in run.train if "tokens_per_s" in r)
+        utils = sorted(r["mfu"] for r in run.train
+                       if isinstance(r.get("mfu"), float) and math.isfinite(r["mfu"]))
         shape = f"{m.get('arch')}, {m.get('n_layer')} layers × {m.get('n_embd')}"
         rows.append([run.name, shape + (f", {run.params:,} weights" if run.params else ""),
                      last.get("step", 0), _num(last.get("tokens"), ","),
                      _duration(last.get("time_s")), _num(last.get("loss")),
                      f"{_num(best.get('val_loss'))} @ {best['step']}" if best else "–",
                      _num(best.get("val_bpb")),
-                     _num(speeds[len(speeds) // 2] if speeds else None, ",.0f")])
+                     _num(speeds[len(speeds) // 2] if speeds else None, ",.0f"),
+                     _num(utils[len(utils) // 2] if utils else None, ".1%")])
     return _table(["run", "model", "steps", "tokens", "time training", "last train loss",
-                   "best val loss", "its bits/byte", "median tokens/s"], rows, cls="num")
+                   "best val loss", "its bits/byte", "median tokens/s", "median MFU"], rows,
+                  cls="num")
 
 
 def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
@@ -341,9 +349,20 @@ def _checkpoint_section(run: RunData) -> str:
 
 
 def _samples_section(run: RunData) -> str:
-    if not run.samples:
-        return "<p>No samples (eval.samples=0, or the run has not finished).</p>"
-    return f"<pre>{_e(run.samples)}</pre>"
+    final = (f"<pre>{_e(run.samples)}</pre>" if run.samples
+             else "<p>No samples at the end (eval.samples=0, or the run has not finished).</p>")
+    if not run.eval_samples:
+        return final
+    val = {r["step"]: r for r in run.evals}
+    during = []
+    for i, rec in enumerate(reversed(run.eval_samples)):  # newest first, and open
+        ev = val.get(rec["step"])
+        loss = f", val loss {ev['val_loss']:.4f}" if ev else ""
+        texts = "".join(f"<pre>{_e(t)}</pre>" for t in rec.get("texts", []))
+        during.append(f"<details{' open' * (i == 0)}><summary>step {rec['step']:,}{loss}"
+                      f"</summary>{texts}</details>")
+    return (f"{final}<p>At each evaluation (the same random draws each time, so only the "
+            f"model differs):</p>{''.join(during)}")
 
 
 def _per_run(runs: list[RunData], title: str, body: Any) -> str:

@@ -5,13 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
-from pathlib import Path
 
 import pytest
+from helpers import STDLIB, lmforge, train_losses
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 # A tiny model on a small real corpus, so each run takes a second or two.
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
         "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
@@ -19,17 +17,8 @@ TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.b
         "--optim.warmup_steps=10", "--model.dropout=0.1"]
 
 
-def lmforge(*args, cwd, check=True, **kwargs):
-    proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=600, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
-def train_losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,11 @@ import math
 import re
 import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import STDLIB, lmforge, records
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
         "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
         "--optim.warmup_steps=5", "--data.path=data/json",
@@ -26,17 +24,8 @@ QUIET = ["--eval.samples=0", "--train.tensorboard=false", "--train.report=false"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-def lmforge(*args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
 
 
-def records(run: Path, kind: str) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +57,7 @@ def test_tensorboard_holds_the_metrics(work):
               "train/lr": {r["step"]: r["lr"] for r in train},
               "train/grad_norm": {r["step"]: r["grad_norm"] for r in train},
               "train/tokens_per_s": {r["step"]: r["tokens_per_s"] for r in train},
+              "train/mfu": {r["step"]: r["mfu"] for r in train},
               "val/loss": {r["step"]: r["val_loss"] for r in evals},
               "val/bpb": {r["step"]: r["val_bpb"] for r in evals},
               "val/perplexity": {r["step"]: r["val_ppl"] for r in evals}}
@@ -81,6 +71,14 @@ def test_tensorboard_holds_the_metrics(work):
     assert [e.step for e in text] == [24]
     sample = (run / "samples.txt").read_text().split("-----\n", 1)[1].strip("\n")
     assert sample and sample in text[0].tensor_proto.string_val[0].decode()
+    # and the samples drawn at each evaluation, as samples.jsonl has them
+    at_eval = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in at_eval] == [8, 16, 24]
+    text = acc.Tensors("samples/eval/text_summary")
+    assert [e.step for e in text] == [8, 16, 24]
+    for event, record in zip(text, at_eval, strict=True):
+        assert record["texts"][0] in event.tensor_proto.string_val[0].decode()
+    assert all(0 < r["mfu"] < 1 for r in train)
 
 
 def test_a_resumed_run_shows_each_step_once(work):
@@ -98,6 +96,8 @@ def test_a_resumed_run_shows_each_step_once(work):
     losses = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert [step for step, _ in losses] == list(range(1, 25))
     assert dict(losses) == pytest.approx({r["step"]: r["loss"] for r in records(run, "train")})
+    at_eval = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in at_eval] == [8, 16, 24]
 
 
 # ---------------------------------------------------------------------------- export / import
@@ -220,12 +220,16 @@ def test_training_writes_a_self_contained_report(work):
     page = (run / "report.html").read_text()
     files = sorted((run / "figures").glob("*.png"))
     assert [p.stem for p in files] == sorted(["loss-step", "loss-time", "bpb-step", "bpb-time",
-                                              "lr", "grad-norm", "throughput"])
+                                              "lr", "grad-norm", "throughput", "mfu"])
     assert sorted(embedded_pngs(page)) == sorted(p.read_bytes() for p in files)
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in embedded_pngs(page))
     # nothing to fetch: no scripts, stylesheets, frames or remote addresses
     assert not re.search(r"<script|<link|<iframe|https?://|src=\"(?!data:)", page)
     assert html.escape((run / "samples.txt").read_text()) in page
+    for line in (run / "samples.jsonl").read_text().splitlines():  # each evaluation's samples
+        record = json.loads(line)
+        assert f"step {record['step']:,}, val loss" in page
+        assert html.escape(record["texts"][0]) in page
     assert "step_00000016" in page and "step_00000024" in page and "latest" in page
     manifest = json.loads((work / "data" / "json" / "manifest.json").read_text())
     assert f"{manifest['splits']['train']['tokens']:,}" in page  # the data report
@@ -271,6 +275,6 @@ def test_report_renders_in_a_headless_browser(work, tmp_path):
     found = re.search(r'data-probe="([^"]*)"', proc.stdout)
     assert found, "the page did not finish loading"
     widths = json.loads(found.group(1).replace("&quot;", '"'))
-    assert len(widths) == 7 and all(w == 700 for w in widths)  # 7 in x 100 dpi
+    assert len(widths) == 8 and all(w == 700 for w in widths)  # 7 in x 100 dpi
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []

@@ -6,35 +6,27 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import pytest
+from helpers import STDLIB, train_losses
+from helpers import lmforge as run_lmforge
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TINY_LSTM = ["--model.arch=lstm", "--model.n_layer=2", "--model.n_embd=32",
              "--model.block_size=32", "--train.batch_size=4", "--train.log_every=1",
              "--train.progress=false", "--eval.every=40", "--eval.batches=2", "--eval.samples=0",
              "--checkpoint.every=20", "--optim.warmup_steps=10", "--model.dropout=0.1",
              "--data.path=data/json", "--data.source=", "--train.report=false",
              "--train.tensorboard=false"]
-# One thread per process: a tiny model gains nothing from two, and on a shared 2-core machine
-# two spinning OpenMP threads per process slow every process down many times over.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def lmforge(*args, cwd, check=True, **kwargs):
-    proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=600, env=ENV, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc
+def lmforge(*args, **kwargs):
+    return run_lmforge(*args, threads=1, **kwargs)  # see helpers.lmforge
 
 
-def train_losses(run_dir: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def test_lstm_kill_resume_is_bit_identical_then_eval_and_generate(corpus):
     # the loader position and every stream's hidden state come back from the checkpoint.
     cmd = [sys.executable, "-m", "lmforge", "train", *TINY_LSTM, *steps, "--run.dir=runs/killed"]
     proc = subprocess.Popen(cmd, cwd=corpus, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=ENV)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     marker = corpus / "runs" / "killed" / "checkpoints" / "step_00000040"
     deadline = time.time() + 120
     while not marker.exists() and proc.poll() is None and time.time() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,16 @@ class Progress:
                             file=sys.stderr)
         self.total = total
 
-    def update(self, step: int, *, loss: float, tokens_per_s: float, lr: float) -> None:
+    def update(self, step: int, *, loss: float, tokens_per_s: float, lr: float,
+               mfu: float = math.nan) -> None:
+        util = f"{mfu:.1%}" if math.isfinite(mfu) else "–"
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}",
-                                 refresh=False)
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=util,
+                                 lr=f"{lr:.2e}", refresh=False)
         elif not self.quiet and (step % self.every == 0 or step == self.total):
-            log(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  lr {lr:.2e}")
+            log(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+                f"mfu {util}  lr {lr:.2e}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -5,10 +5,10 @@ under its directory name. The writer is `torch.utils.tensorboard.SummaryWriter`,
 on the first record (importing it takes about a second), and a run with
 train.tensorboard=false, or a rank other than 0, writes nothing at all.
 
-    train/loss  train/bpb  train/grad_norm  train/lr  train/tokens_per_s  (train/mfu where
-                the record has one)
+    train/loss  train/bpb  train/grad_norm  train/lr  train/tokens_per_s  train/mfu
     val/loss    val/bpb    val/perplexity
-    samples     (text, at the step they were drawn)
+    samples     (text: the samples at the end of training)
+    samples/eval  (text: the samples drawn at each evaluation)
 
 The records are the ones metrics.jsonl holds, so TensorBoard and the run report show the
 same numbers.
@@ -70,12 +70,12 @@ class TensorBoard:
         if record["kind"] == "eval":
             writer.flush()
 
-    def samples(self, texts: list[str], *, step: int) -> None:
+    def samples(self, texts: list[str], *, step: int, tag: str = "samples") -> None:
         """Sample texts, one markdown block each (TensorBoard renders text as markdown)."""
         if not self.enabled or not texts:
             return
         shown = "\n\n".join(f"**sample {i + 1}**\n\n```\n{t}\n```" for i, t in enumerate(texts))
-        self._get().add_text("samples", shown, step)
+        self._get().add_text(tag, shown, step)
         self._writer.flush()
 
     def close(self) -> None:

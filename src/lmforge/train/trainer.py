@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lmforge import checkpoint
+from lmforge import STARTED_AT, checkpoint
 from lmforge.config import Config
 from lmforge.data import shards
 from lmforge.data.loader import RandomWindows, Streams
@@ -48,9 +48,13 @@ from lmforge.evaluate import cross_entropy, mean_loss, stream_loss, summarize
 from lmforge.generate import generate_tokens
 from lmforge.init_from import load_into
 from lmforge.models import build_model
+from lmforge.train import mfu
 from lmforge.train.metrics import MetricsLog, Progress, log, plot_losses
 from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.profiling import StepProfiler
 from lmforge.train.tensorboard import TensorBoard
+
+EVAL_SAMPLES = "samples.jsonl"  # the samples drawn at each evaluation
 
 
 def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
@@ -109,6 +113,7 @@ class Trainer:
         if init_state is not None:  # --init-from: weights from elsewhere, before any sharding
             load_into(self.raw_model, init_state)
         self.recurrent = getattr(self.raw_model, "recurrent", False)
+        self.flops_per_token = self.raw_model.flops_per_token()  # before sharding changes shapes
         # DDP and FSDP2 both give one process's losses for recurrent models (tests/distributed/
         # test_recurrent_ddp.py): FSDP2 sets each gathered weight through the module's
         # __setattr__, which nn.RNNBase uses to keep its _flat_weights list current. On CUDA,
@@ -202,6 +207,7 @@ class Trainer:
             self.tb.purge_after(self.counters.step)
             for path in self.run_dir.glob("samples-rank*.jsonl"):  # of every rank it had
                 MetricsLog(path).truncate_after(self.counters.step - 1)
+            MetricsLog(self.run_dir / EVAL_SAMPLES).truncate_after(self.counters.step)
         env.barrier(self.info)
         saved_on = state.get("world_size", 1)
         self.log(f"resumed from {path} at step {self.counters.step}"
@@ -317,10 +323,33 @@ class Trainer:
                                 "elapsed_s": time.perf_counter() - self._start})
         self.log(f"step {c.step}: val loss {val_loss:.4f}, {figures['bits_per_byte']:.4f} bits/byte"
             + ("  (best)" if improved else ""))
+        self._eval_samples()
         if improved and self.cfg.checkpoint.keep_best:
             self.save(is_best=True)
         patience = self.cfg.eval.early_stop_patience
         return patience > 0 and c.evals_without_improvement >= patience
+
+    def _eval_samples(self) -> None:
+        """A few samples at each evaluation, to watch the text improve (RUN/samples.jsonl,
+        the report and TensorBoard); drawn with the run's seed, so each evaluation starts
+        from the same random draws and only the model differs."""
+        texts = self.samples(count=self.cfg.eval.samples_at_eval,
+                             max_new_tokens=self.cfg.eval.sample_tokens)
+        if texts and self.info.is_main:
+            MetricsLog(self.run_dir / EVAL_SAMPLES).write({"step": self.counters.step,
+                                                           "texts": texts})
+            self.tb.samples(texts, step=self.counters.step, tag="samples/eval")
+
+    def _peak_flops(self) -> float:
+        """Peak FLOP/s of one device, for MFU (rank 0 alone reports it)."""
+        if not self.info.is_main:
+            return math.nan
+        dtype = torch.bfloat16 if uses_bf16(self.cfg.train.precision, self.device) else torch.float32
+        peak, source = mfu.peak_flops(self.device, dtype,
+                                      configured_tflops=self.cfg.train.peak_tflops)
+        self.log(f"{self.flops_per_token / 1e6:,.1f} MFLOPs per token; device peak "
+                 f"{peak / 1e12:,.3g} TFLOP/s ({source})")
+        return peak
 
     def fit(self) -> dict[str, Any]:
         cfg, c, info = self.cfg, self.counters, self.info
@@ -341,26 +370,43 @@ class Trainer:
         if c.step >= t.max_steps:
             self.log(f"already trained to step {c.step}; raise --train.max_steps to continue")
             return {"step": c.step, "stopped": "max_steps", "best_val_loss": c.best_val}
+        peak = self._peak_flops()
+
+        def utilization(tokens_per_s: float) -> float:
+            return mfu.mfu(tokens_per_s, flops_per_token=self.flops_per_token, peak=peak,
+                           devices=info.world_size)
+
         progress = Progress(total=t.max_steps, initial=c.step, enabled=t.progress and info.is_main,
                             every=t.log_every, quiet=not info.is_main)
+        profiler = StepProfiler(self.run_dir, steps=t.profile, rank=info.rank, device=self.device,
+                                log=self.log)
         start = self._start = time.perf_counter()
         deadline = start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf
         first_step, stopped, last_eval = c.step, "max_steps", -1
+        startup: float | None = None
         self.model.train()
         step_time = 0.0  # time in training steps only, so tokens/s leaves out evaluation and saves
         while c.step < t.max_steps:
             t0 = time.perf_counter()
             loss, norm = self.train_step()
+            profiler.step()
             now = time.perf_counter()
             step_time += now - t0
+            if c.step == first_step + 1:  # start-up cost: from process start to one step done
+                startup = now - STARTED_AT
+                self.log(f"first step done {startup:.1f}s after start")
             if c.step % t.log_every == 0 or c.step == t.max_steps:
                 tok_s = (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)
                 record = {"kind": "train", "step": c.step, "loss": loss.item(),
                           "grad_norm": norm.item(), "lr": self.optimizer.param_groups[0]["lr"],
-                          "tokens": c.tokens, "tokens_per_s": tok_s, "elapsed_s": now - start}
+                          "tokens": c.tokens, "tokens_per_s": tok_s, "mfu": utilization(tok_s),
+                          "elapsed_s": now - start}
+                if startup is not None:  # in the first record written
+                    record["startup_s"], startup = startup, None
                 if info.is_main:
                     self.metrics.write(record)
-                progress.update(c.step, loss=record["loss"], tokens_per_s=tok_s, lr=record["lr"])
+                progress.update(c.step, loss=record["loss"], tokens_per_s=tok_s, lr=record["lr"],
+                                mfu=record["mfu"])
             if cfg.eval.every and c.step % cfg.eval.every == 0:
                 last_eval = c.step
                 if self._after_eval(self.evaluate()):
@@ -373,6 +419,7 @@ class Trainer:
                 stopped = "max_minutes"
                 break
         progress.close()
+        profiler.close()
         if last_eval != c.step:
             self._after_eval(self.evaluate())
         self.save()
@@ -382,8 +429,9 @@ class Trainer:
             plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=str(self.run_dir))
         self.log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
                  f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run_dir}")
+        tok_s = (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)
         return {"step": c.step, "stopped": stopped, "best_val_loss": c.best_val, "elapsed_s": elapsed,
-                "tokens_per_s": (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)}
+                "tokens_per_s": tok_s, "mfu": utilization(tok_s)}
 
     def _record_memory(self) -> None:
         """What each rank held: parameters, gradients (as large as the parameters they belong

@@ -1,0 +1,34 @@
+"""What the end-to-end tests share: running the real CLI and reading what a run wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def lmforge(*args, cwd, check=True, threads: int | None = None, **kwargs):
+    """`python -m lmforge ARGS` in a subprocess; fails the test on a non-zero exit unless
+    check=False. threads=1 keeps each process to one OpenMP thread: a tiny model gains
+    nothing from two, and on a shared 2-core machine spinning threads slow everyone down."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=600, env=env, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    """The metrics.jsonl records of one kind (train, eval, state)."""
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records(run_dir, "train")}

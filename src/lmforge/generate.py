@@ -5,10 +5,14 @@ a hidden state; either way the state forward returns is fed back in with the nex
 A model whose state comes back None is simply rerun on the whole (cropped) context.
 
 Context limit: a model with `model.cfg.block_size` sees at most the last block_size tokens.
-A longer prompt is cropped to its last block_size tokens. Once a KV cache is full, the next
-step starts a fresh cache and prefills it with the last block_size tokens, so every later
-step recomputes a full window: exactly what generation without a cache computes, and slower
-than shifting a window, but a learned-position model cannot shift its cache anyway.
+A longer prompt is cropped to its last block_size tokens. Without a cache every step reruns
+the model on the last block_size tokens. With one, once the cache is full, the next step
+starts a fresh cache prefilled with the last block_size // 2 tokens, leaving room for
+block_size // 2 cheap steps before the next refill: a learned-position model cannot shift
+its cache by one (every position would change), and refilling a full window at every step
+would make each step as costly as no cache at all. So past block_size tokens a cached step
+sees between block_size // 2 and block_size tokens of context, where recomputation sees
+block_size; up to block_size the two are the same computation (tested).
 Recurrent models (`model.recurrent`) are never cropped: their state carries the whole history.
 """
 
@@ -96,10 +100,11 @@ def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache:
                     in_state += 1
                 else:  # first step, no cache, a model without state, or a full cache
                     cached = use_cache and hasattr(model, "new_cache")
-                    fresh = model.new_cache(context.size(0)) if cached else None
-                    logits, state = model(context, fresh)  # (B, T, V)
+                    window = context[:, -max(1, block_size // 2):] if cached and full else context
+                    fresh = model.new_cache(window.size(0)) if cached else None
+                    logits, state = model(window, fresh)  # (B, T, V)
                     state = state if use_cache else None
-                    in_state = context.size(1)
+                    in_state = window.size(1)
                 token = sample_next(logits[:, -1], **sampling)  # (B,)
             context = torch.cat((context, token[:, None]), dim=1)
             if block_size:

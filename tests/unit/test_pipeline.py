@@ -136,3 +136,52 @@ def test_chinese_text_round_trips_through_every_tokenizer(tmp_path, kind):
         assert "ＡＢＣ" not in text and "ABC123" in text  # NFKC folds full-width letters and digits
         entry = manifest["splits"][split]
         assert entry["bytes"] == len(text.encode())  # bits per byte counts UTF-8 bytes
+
+
+def test_worker_pool_serves_both_passes_with_the_same_processes():
+    import os
+
+    from lmforge.data.parallel import WorkerPool
+
+    with WorkerPool(2) as pool:
+        first = set(pool.map(_pid, range(20)))
+        second = set(pool.map(_pid, range(20)))
+    assert os.getpid() not in first and second <= first and len(first) <= 2
+
+
+def _pid(_: int) -> int:
+    import os
+    import time
+
+    time.sleep(0.01)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_input_parsed_in_a_worker_is_one_data_error(tmp_path, workers):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(50))
+                                    + '{"text": 3}\n')
+    with pytest.raises(DataError, match=r"a\.jsonl line 51: field 'text' holds int, not text"):
+        prepare([str(corpus)], tmp_path / "ds", workers=workers, **QUIET)
+    (corpus / "a.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="no text files in .*binary files are skipped"):
+        prepare([str(corpus)], tmp_path / "ds", workers=workers, **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_modapte_split_and_dedup_match_for_any_worker_count(tmp_path):
+    reuters = Path(__file__).parents[3] / "shared" / "data" / "reuters21578.tar.gz"
+    if not reuters.is_file():
+        pytest.skip("reuters21578.tar.gz is not in ../shared/data")
+    from lmforge.data.document import SourceOptions
+
+    made = {}
+    for workers in (0, 2):
+        made[workers] = prepare([str(reuters)], tmp_path / f"w{workers}", tokenizer="byte",
+                                options=SourceOptions(split="modapte"), workers=workers, **QUIET)
+    assert made[0]["splits"] == made[2]["splits"]
+    reports = [json.loads((tmp_path / f"w{w}" / "report.json").read_text()) for w in (0, 2)]
+    assert reports[0]["clean"] == reports[1]["clean"] and reports[0]["sources"] == reports[1]["sources"]
+    assert reports[0]["clean"]["dedup_exact"]["docs_out"] < reports[0]["clean"]["dedup_exact"]["docs_in"]

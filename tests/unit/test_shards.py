@@ -93,3 +93,23 @@ def test_unknown_split(tmp_path):
     write_dataset(tmp_path, {"train": [[1]], "val": [[2]]}, 300)
     with pytest.raises(DataError, match="split 'test' is not in .*it has: train, val"):
         shards.open_split(tmp_path, "test")
+
+
+def test_append_documents_equals_one_document_at_a_time(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 1000, size=n).astype(np.uint16) for n in (5, 0, 17, 3, 40)]
+    made = {}
+    for how in ("one", "batch"):
+        (tmp_path / how).mkdir()
+        with shards.ShardWriter(tmp_path / how, "train", np.uint16, shard_tokens=16) as writer:
+            if how == "one":
+                for d in docs:
+                    writer.append_document(d)
+            else:
+                writer.append_documents(np.concatenate(docs[:2]), np.array([5, 0]))
+                writer.append_documents(np.zeros(0, np.uint16), np.zeros(0, np.int64))
+                writer.append_documents(np.concatenate(docs[2:]), np.array([17, 3, 40]))
+            made[how] = writer.close()
+    assert made["one"] == made["batch"]
+    assert (np.load(tmp_path / "one" / "train.docs.npy").tolist()
+            == np.load(tmp_path / "batch" / "train.docs.npy").tolist() == [0, 5, 5, 22, 25])

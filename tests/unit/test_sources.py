@@ -229,3 +229,50 @@ def test_empty_jsonl_has_no_documents(tmp_path):
     path = write(tmp_path / "a.jsonl", b"\n\n")
     with pytest.raises(DataError, match="no text files in"):
         list(iter_documents(str(path)))
+
+
+def test_jsonl_read_in_chunks_keeps_line_numbers_and_ids(tmp_path):
+    # Over 4 chunks of whole lines, with blank lines, a line longer than a chunk and no final
+    # newline: ids and error lines still count lines as an editor does.
+    lines = []
+    for i in range(1, 3001):
+        lines.append("" if i % 97 == 0 else json.dumps({"text": words(40, seed=i)}))
+    lines[1500] = json.dumps({"text": words(30_000, seed=1)})  # ~270 kB, line 1501
+    path = write(tmp_path / "a.jsonl", "\n".join(lines).encode())
+    assert path.stat().st_size > 4 * (1 << 16)
+    docs = list(iter_documents(str(path)))
+    expected = [f"a.jsonl:{i}" for i in range(1, 3001) if i % 97]
+    assert [d.id for d in docs] == expected
+    assert docs[-1].text == words(40, seed=3000) and len(docs[1500 - 1500 // 97].text) > 200_000
+    lines[2500] = "{not json"
+    write(path, "\n".join(lines).encode())
+    with pytest.raises(DataError, match=r"a\.jsonl line 2501 is not JSON"):
+        list(iter_documents(str(path)))
+
+
+def test_units_pickle_and_parse_in_workers_as_in_this_process(tmp_path):
+    # What the prepare pipeline does: the main process reads units, worker processes parse.
+    import pickle
+
+    from lmforge.data.parallel import WorkerPool
+    from lmforge.data.sources import iter_units
+
+    write(tmp_path / "c" / "a.jsonl", jsonl([{"text": words(50, seed=i), "n": i} for i in range(300)]))
+    write(tmp_path / "c" / "b.txt.gz", gzip.compress(words(2000).encode()))
+    write(tmp_path / "c" / "c.txt", "latin-1 \xe9".encode("latin-1"))  # invalid UTF-8
+    stats = SourceStats()
+    units = list(iter_units([str(tmp_path / "c")], stats=stats))
+    assert units and all(pickle.loads(pickle.dumps(u)) == u for u in units)
+    assert stats.files_read == 3 and stats.invalid_utf8_docs == 0  # decoding is parsing
+    with WorkerPool(2) as pool:
+        parsed = list(pool.map(_parse_unit, units))
+    docs = [d for part, _ in parsed for d in part]
+    for _, worker_stats in parsed:
+        stats.merge(worker_stats)
+    assert docs == list(iter_documents(str(tmp_path / "c")))
+    assert stats.invalid_utf8_docs == 1
+
+
+def _parse_unit(unit):
+    stats = SourceStats()
+    return unit.documents(stats), stats

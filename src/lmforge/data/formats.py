@@ -17,7 +17,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +28,7 @@ _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 _REUTERS_SGM = re.compile(r"reut2-\d+\.sgm", re.IGNORECASE)
 _BINARY_PROBE = 8192
 _CHUNK = 1 << 16
+_JSONL_CHUNK = 1 << 16  # bytes of whole lines per unit: a worker task batches several
 _PARQUET_BATCH = 1024  # rows converted to Python at a time: bounds memory on wide rows
 
 
@@ -39,6 +40,11 @@ class SourceStats:
     binary_skipped: int = 0  # binary files swept up by a directory or glob
     invalid_utf8_docs: int = 0  # documents in which at least one byte became U+FFFD
     bytes_read: int = 0  # on-disk size of the files read (compressed size if compressed)
+
+    def merge(self, other: SourceStats) -> None:
+        """Add the counts of `other`, e.g. of what a worker process parsed."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def inner_name(name: str) -> str:
@@ -177,13 +183,24 @@ def open_stream(path: Path) -> Iterator[IO[bytes]]:
             yield io.BufferedReader(_Guarded(stream, path), buffer_size=_CHUNK)
 
 
-def read_text(path: Path, *, skip_binary: bool, stats: SourceStats) -> str | None:
-    """The whole (decompressed) file as text, or None for a binary one a sweep picked up."""
+def read_bytes(path: Path, *, skip_binary: bool) -> bytes | None:
+    """The whole (decompressed) file, or None for a binary one a sweep picked up."""
     with open_stream(path) as stream:
         if skip_binary and b"\0" in stream.peek(_BINARY_PROBE)[:_BINARY_PROBE]:  # type: ignore[attr-defined]
             return None
-        data = stream.read()
-    return decode(data, stats)
+        return stream.read()
+
+
+def read_text(path: Path, *, skip_binary: bool, stats: SourceStats) -> str | None:
+    """The whole (decompressed) file as text, or None for a binary one a sweep picked up."""
+    data = read_bytes(path, skip_binary=skip_binary)
+    return None if data is None else decode(data, stats)
+
+
+def parse_text(payload: tuple[bytes, str, str], stats: SourceStats) -> list[Document]:
+    """A text file's bytes as its one Document (a unit's parse: runs in a worker)."""
+    data, doc_id, path = payload
+    return [Document(text=decode(data, stats), id=doc_id, meta={"path": path})]
 
 
 def _jsonl_text(obj: dict, path: Path, line: int, field: str) -> str:
@@ -200,27 +217,56 @@ def _jsonl_text(obj: dict, path: Path, line: int, field: str) -> str:
     return text
 
 
+def jsonl_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
+    """Runs of whole lines of about _JSONL_CHUNK bytes, each with its first line's number."""
+    line = 1
+    parts: list[bytes] = []
+    with open_stream(path) as stream:
+        while block := stream.read(_JSONL_CHUNK):
+            cut = block.rfind(b"\n") + 1
+            if not cut:  # a line longer than a block: keep gathering it
+                parts.append(block)
+                continue
+            chunk = b"".join([*parts, block[:cut]])
+            parts = [block[cut:]]
+            yield chunk, line
+            line += chunk.count(b"\n")
+    rest = b"".join(parts)
+    if rest:
+        yield rest, line
+
+
+def parse_jsonl(payload: tuple[bytes, str, str, int, str], stats: SourceStats) -> list[Document]:
+    """One Document per JSON object line of a chunk (a unit's parse: runs in a worker); the
+    other fields become meta."""
+    chunk, name, file_id, first, field = payload
+    path = Path(name)
+    docs = []
+    # Split on "\n" alone, as a binary file iterates, so line numbers match an editor's.
+    for line, raw in enumerate(chunk.split(b"\n"), start=first):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(decode(raw, stats))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {line} is not JSON ({err.msg} at column "
+                            f"{err.colno}); each line of a .jsonl file must be one "
+                            "JSON object") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path} line {line} is a JSON {type(obj).__name__}, "
+                            "not an object; each line must be one JSON object")
+        text = _jsonl_text(obj, path, line, field)
+        meta = {k: v for k, v in obj.items() if k != field}
+        doc_id = f"{file_id}:{obj['id']}" if "id" in obj else f"{file_id}:{line}"
+        docs.append(Document(text=text, id=doc_id, meta=meta))
+    return docs
+
+
 def iter_jsonl(path: Path, file_id: str, options: SourceOptions,
                stats: SourceStats) -> Iterator[Document]:
     """One document per JSON object line; the other fields become meta."""
-    field = options.text_field
-    with open_stream(path) as stream:
-        for line, raw in enumerate(stream, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(decode(raw, stats))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {line} is not JSON ({err.msg} at column "
-                                f"{err.colno}); each line of a .jsonl file must be one "
-                                "JSON object") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path} line {line} is a JSON {type(obj).__name__}, "
-                                "not an object; each line must be one JSON object")
-            text = _jsonl_text(obj, path, line, field)
-            meta = {k: v for k, v in obj.items() if k != field}
-            doc_id = f"{file_id}:{obj['id']}" if "id" in obj else f"{file_id}:{line}"
-            yield Document(text=text, id=doc_id, meta=meta)
+    for chunk, first in jsonl_chunks(path):
+        yield from parse_jsonl((chunk, str(path), file_id, first, options.text_field), stats)
 
 
 def iter_parquet(path: Path, file_id: str, options: SourceOptions,

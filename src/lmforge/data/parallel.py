@@ -25,25 +25,64 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
-                initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
-                max_in_flight: int = 0) -> Iterator[R]:
-    """fn over items, in order. workers=0 runs in this process (no start-up cost, for small
-    inputs); otherwise in that many freshly spawned processes, which share nothing with this
-    one (no inherited threads or locks: the tokenizer library's thread pool does not survive
-    a fork)."""
-    if workers <= 0:
-        if initializer is not None:
-            initializer(*initargs)
-        yield from map(fn, items)
-        return
-    limit = max_in_flight or 2 * workers + 2
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
+def _in_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    # The worker processes are the parallelism: a library's own thread pool in each of them
+    # (HF tokenizers' encode_batch) would only oversubscribe the cores.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class WorkerPool:
+    """Worker processes that serve several ordered maps, so that a pipeline of passes
+    (prepare's clean pass, then its tokenize pass) spawns processes and imports modules once.
+    Tasks carry what they need, or cache it per process; the processes start at the first
+    map. workers=0 runs every map in this process (no start-up cost, for small inputs)."""
+
+    def __init__(self, workers: int, *, initializer: Callable[..., None] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        self.workers = workers
+        self._initializer, self._initargs = initializer, initargs
+        self._pool: Any = None
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, max_in_flight: int = 0) -> Iterator[R]:
+        """fn over items, in order. The processes are spawned, so they share nothing with this
+        one (no inherited threads or locks: the tokenizer library's thread pool does not
+        survive a fork)."""
+        if self.workers <= 0:
+            if self._initializer is not None:
+                self._initializer(*self._initargs)
+            yield from map(fn, items)
+            return
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ctx.Pool(self.workers, initializer=_in_worker,
+                                  initargs=(self._initializer, self._initargs))
+        limit = max_in_flight or 2 * self.workers + 2
         pending: deque = deque()
         for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
+            pending.append(self._pool.apply_async(fn, (item,)))
             if len(pending) >= limit:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
+                initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
+                max_in_flight: int = 0) -> Iterator[R]:
+    """fn over items, in order, in a pool of its own (see WorkerPool)."""
+    with WorkerPool(workers, initializer=initializer, initargs=initargs) as pool:
+        yield from pool.map(fn, items, max_in_flight=max_in_flight)

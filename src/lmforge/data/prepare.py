@@ -22,7 +22,7 @@ from lmforge.config import CleanConfig
 from lmforge.data import shards, stages
 from lmforge.data.clean import CleanStats, pos_statistics
 from lmforge.data.document import TRAIN, VAL, SourceOptions
-from lmforge.data.parallel import default_workers
+from lmforge.data.parallel import WorkerPool, default_workers
 from lmforge.data.report import (
     build_report,
     file_checksums,
@@ -32,7 +32,7 @@ from lmforge.data.report import (
     versions,
 )
 from lmforge.data.shards import ShardWriter, dtype_for
-from lmforge.data.sources import SourceStats, fingerprint, iter_corpus, source_files
+from lmforge.data.sources import SourceStats, fingerprint, iter_units, source_files
 from lmforge.data.tokenizer import KINDS, train_tokenizer
 from lmforge.errors import DataError
 
@@ -49,7 +49,7 @@ class _Run:
     settings: dict[str, Any]
     options: SourceOptions
     clean: CleanConfig
-    workers: int
+    pool: WorkerPool  # both passes share its processes
     log: Callable[[str], None]
     show_progress: bool
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -65,11 +65,12 @@ def _read_and_clean(run: _Run, tmp: Path) -> tuple[stages.Spool, SourceStats, Cl
     src_stats, clean_stats = SourceStats(), CleanStats()
     files = source_files(run.sources, run.options)
     total = sum(p.stat().st_size for p in files) or None
-    spool = stages.Spool(tmp / "spool.jsonl")
+    spool = stages.Spool(tmp / "spool.jsonl", run.settings["val_fraction"])
     with run.progress("read and clean", total) as bar:
-        stages.spool_documents(iter_corpus(run.sources, run.options, stats=src_stats), spool,
-                               cfg=run.clean, val_fraction=run.settings["val_fraction"],
-                               workers=run.workers, stats=clean_stats, progress=bar.update)
+        stages.spool_documents(iter_units(run.sources, run.options, stats=src_stats), spool,
+                               specs=run.sources, cfg=run.clean, pool=run.pool,
+                               source_stats=src_stats, clean_stats=clean_stats,
+                               progress=bar.update)
     run.timing["read_clean"] = time.perf_counter() - t0
     where = ", ".join(run.sources)
     run.log(f"read {spool.documents:,} document{'s' * (spool.documents != 1)} "
@@ -94,7 +95,7 @@ def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str,
             run.progress("tokenize", spool.bytes) as bar:
         writers = {TRAIN: train, VAL: val}
         counts = stages.write_shards(spool, tokenizer=tok, tokenizer_dir=tmp / TOKENIZER_DIR,
-                                     writers=writers, workers=run.workers,
+                                     writers=writers, pool=run.pool,
                                      val_fraction=s["val_fraction"], progress=bar.update)
         splits = {name: {**w.close(), "bytes": counts.bytes[name]} for name, w in writers.items()}
     run.timing["tokenize"] = time.perf_counter() - t0
@@ -246,13 +247,14 @@ def prepare(sources: list[str], out: Path, *, tokenizer: str = "bpe", vocab_size
         size = sum(p.stat().st_size for p in source_files(list(sources), options))
         small = local and size < _INLINE_BYTES
         workers = 0 if small else default_workers()
-    run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
-               workers=workers, log=log, show_progress=progress)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed run with our pid; ours by name
     tmp.mkdir(parents=True)
     try:
-        manifest = _build(run, tmp, fp)
+        with WorkerPool(workers) as pool:
+            run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
+                       pool=pool, log=log, show_progress=progress)
+            manifest = _build(run, tmp, fp)
         try:
             _move_into_place(tmp, out)
         except OSError:

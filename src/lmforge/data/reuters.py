@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import IO
 
@@ -102,8 +102,8 @@ def parse(data: bytes, *, source: str, split: str, stats: SourceStats) -> Iterat
         yield Document(text=_text(fields.get("TEXT", "")), id=f"reuters:{newid}", meta=meta)
 
 
-def _members(stream: IO[bytes], source: str) -> list[tuple[str, bytes]]:
-    """The reut2-*.sgm members of a tar stream, in name order."""
+def members(stream: IO[bytes], source: str) -> list[tuple[str, bytes]]:
+    """The reut2-*.sgm members of a tar stream, in name order (empty if it holds none)."""
     found = []
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
@@ -121,17 +121,8 @@ def _members(stream: IO[bytes], source: str) -> list[tuple[str, bytes]]:
     return sorted(found)
 
 
-def iter_tar(stream: IO[bytes], *, source: str, split: str,
-             stats: SourceStats) -> Iterator[Document] | None:
-    """The documents of a tar archive of Reuters-21578, or None if it holds no reut2-*.sgm."""
-    check_split(split)
-    members = _members(stream, source)
-    if not members:
-        return None
-    return _iter_members(members, source=source, split=split, stats=stats)
-
-
-def _iter_members(members: Iterable[tuple[str, bytes]], *, source: str, split: str,
-                  stats: SourceStats) -> Iterator[Document]:
-    for name, data in members:
-        yield from parse(data, source=f"{source}:{name}", split=split, stats=stats)
+def parse_file(payload: tuple[bytes, str, str], stats: SourceStats) -> list[Document]:
+    """The documents of one .sgm file's bytes, named `source` in errors (a unit's parse: it
+    runs in a worker process, so the main process only reads bytes)."""
+    data, source, split = payload
+    return list(parse(data, source=source, split=split, stats=stats))

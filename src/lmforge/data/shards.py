@@ -103,6 +103,15 @@ class ShardWriter:
         self._starts.append(self._tokens)
         self.append(ids)
 
+    def append_documents(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Append consecutive documents at once: `ids` holds them end to end, `lengths` their
+        token counts (one write and one range check for a whole batch)."""
+        if not len(lengths):
+            return
+        starts = self._tokens + np.concatenate(([0], np.cumsum(lengths[:-1])))
+        self._starts.extend(starts.tolist())
+        self.append(ids)
+
     def close(self) -> dict[str, Any]:
         self._finish_shard()
         docs_file = f"{self.split}.docs.npy"

@@ -7,6 +7,10 @@ Local files are read by their name: compressed (.gz .bz2 .xz .zst) then by the i
 suffix, .jsonl/.ndjson, .parquet, Reuters-21578 (reut2-*.sgm or its tar.gz), else text.
 Sources never tokenize and never clean: they only read, in a fixed order, so that the same
 spec gives the same documents with the same ids on every run.
+
+The prepare pipeline takes a spec's input as units (units.py): the bytes of a file, of a
+Reuters member or of a run of JSONL lines, which worker processes parse; `iter_corpus`
+parses them in this process.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pathlib import Path
 from lmforge.data import formats, reuters
 from lmforge.data.document import Document, SourceOptions
 from lmforge.data.formats import SourceStats
+from lmforge.data.units import Unit, document_units
 from lmforge.errors import DataError
 
-__all__ = ["STDLIB", "Document", "SourceStats", "fingerprint", "iter_corpus", "iter_documents",
-           "source_files"]
+__all__ = ["STDLIB", "Document", "SourceStats", "Unit", "check_found", "fingerprint",
+           "iter_corpus", "iter_documents", "iter_units", "source_files"]
 
 STDLIB = "stdlib"
 # Test suites are mostly generated fixtures and would dominate the stdlib corpus; idlelib
@@ -164,10 +169,12 @@ def _check_split(spec: str, inputs: list[_Input], split: str) -> None:
                         f"holds {other.path.name}. Drop --split to split by document hash")
 
 
-def _read_tar(item: _Input, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+def _tar_units(item: _Input, options: SourceOptions, stats: SourceStats,
+               spec: int) -> Iterator[Unit]:
+    reuters.check_split(options.split)
     with formats.open_stream(item.path) as stream:
-        docs = reuters.iter_tar(stream, source=str(item.path), split=options.split, stats=stats)
-    if docs is None:
+        members = reuters.members(stream, str(item.path))
+    if not members:
         if item.skip_binary and not options.split:
             stats.binary_skipped += 1  # a sweep's archive is data we cannot read as text
             return
@@ -176,68 +183,91 @@ def _read_tar(item: _Input, options: SourceOptions, stats: SourceStats) -> Itera
                         "the directory")
     stats.files_read += 1
     stats.bytes_read += item.path.stat().st_size
-    yield from docs
+    for name, data in members:
+        yield Unit(reuters.parse_file, (data, f"{item.path}:{name}", options.split), len(data), spec)
 
 
-def _read(item: _Input, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
-    """The documents of one local file, read by the kind its name gives."""
+def _units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int) -> Iterator[Unit]:
+    """The units of one local file, read by the kind its name gives: bytes for a worker to
+    parse, but for Parquet, whose rows arrive parsed."""
     if item.kind == "tar":
-        yield from _read_tar(item, options, stats)
+        yield from _tar_units(item, options, stats, spec)
         return
-    if item.kind == "text":
-        text = formats.read_text(item.path, skip_binary=item.skip_binary, stats=stats)
-        if text is None:
+    if item.kind == "parquet":
+        yield from document_units(formats.iter_parquet(item.path, item.id, options, stats), spec)
+    elif item.kind == "jsonl":
+        for chunk, first in formats.jsonl_chunks(item.path):
+            payload = (chunk, str(item.path), item.id, first, options.text_field)
+            yield Unit(formats.parse_jsonl, payload, len(chunk), spec)
+    else:
+        if item.kind == "reuters":
+            reuters.check_split(options.split)
+        data = formats.read_bytes(item.path, skip_binary=item.skip_binary and item.kind == "text")
+        if data is None:
             stats.binary_skipped += 1
             return
-        docs: Iterator[Document] = iter([Document(text=text, id=item.id,
-                                                  meta={"path": str(item.path)})])
-    elif item.kind == "reuters":
-        reuters.check_split(options.split)
-        with formats.open_stream(item.path) as stream:
-            data = stream.read()
-        docs = reuters.parse(data, source=str(item.path), split=options.split, stats=stats)
-    elif item.kind == "jsonl":
-        docs = formats.iter_jsonl(item.path, item.id, options, stats)
-    else:
-        docs = formats.iter_parquet(item.path, item.id, options, stats)
+        if item.kind == "reuters":
+            yield Unit(reuters.parse_file, (data, str(item.path), options.split), len(data), spec)
+        else:
+            yield Unit(formats.parse_text, (data, item.id, str(item.path)), len(data), spec)
     stats.files_read += 1
     stats.bytes_read += item.path.stat().st_size
-    yield from docs
 
 
-def _iter_spec(spec: str, options: SourceOptions, stats: SourceStats) -> Iterator[Document]:
+def _spec_units(specs: list[str], index: int, options: SourceOptions,
+                stats: SourceStats) -> Iterator[Unit]:
+    spec = specs[index]
     kind = _remote_kind(spec)
     if kind is not None:
-        yield from _iter_remote(kind, spec, options)
+        yield from document_units(_iter_remote(kind, spec, options), index)
         return
     inputs = _inputs(spec)
     if options.split:
         _check_split(spec, inputs, options.split)
-    found = 0
     for item in inputs:
-        for doc in _read(item, options, stats):
-            found += 1
-            yield doc
-    if not found:
-        raise DataError(f"no text files in {spec} (hidden and binary files are skipped); "
-                        "point the data at files that hold text")
+        yield from _units(item, options, stats, index)
 
 
-def iter_documents(spec: str, options: SourceOptions | None = None) -> Iterator[Document]:
-    """Every document a spec names, in a fixed order; invalid UTF-8 becomes U+FFFD."""
-    yield from _iter_spec(spec, options or SourceOptions(), SourceStats())
-
-
-def iter_corpus(specs: list[str], options: SourceOptions | None = None,
-                stats: SourceStats | None = None) -> Iterator[Document]:
-    """The documents of every spec, spec after spec; `stats` (if given) counts what local
-    readers read and skipped."""
+def iter_units(specs: list[str], options: SourceOptions | None = None,
+               stats: SourceStats | None = None) -> Iterator[Unit]:
+    """The raw units of every spec, spec after spec, in a fixed order. `stats` (if given)
+    counts the files read and skipped; what parsing finds is counted by `Unit.documents`.
+    Pass how many documents each spec's units held to `check_found` afterwards."""
     if not specs:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
     options = options or SourceOptions()
     stats = stats if stats is not None else SourceStats()
-    for spec in specs:
-        yield from _iter_spec(spec, options, stats)
+    for index in range(len(specs)):
+        yield from _spec_units(specs, index, options, stats)
+
+
+def check_found(specs: list[str], index: int, documents: int) -> None:
+    """A local spec that gave no document at all names nothing lmforge can read."""
+    if not documents and _remote_kind(specs[index]) is None:
+        raise DataError(f"no text files in {specs[index]} (hidden and binary files are "
+                        "skipped); point the data at files that hold text")
+
+
+def iter_corpus(specs: list[str], options: SourceOptions | None = None,
+                stats: SourceStats | None = None) -> Iterator[Document]:
+    """The documents of every spec, spec after spec, parsed in this process; `stats` (if
+    given) counts what local readers read and skipped."""
+    stats = stats if stats is not None else SourceStats()
+    index, found = 0, 0
+    for unit in iter_units(specs, options, stats):
+        while unit.spec != index:  # the spec before is done
+            check_found(specs, index, found)
+            index, found = index + 1, 0
+        docs = unit.documents(stats)
+        found += len(docs)
+        yield from docs
+    for rest in range(index, len(specs)):
+        check_found(specs, rest, found if rest == index else 0)
+
+
+def iter_documents(spec: str, options: SourceOptions | None = None) -> Iterator[Document]:
+    """Every document a spec names, in a fixed order; invalid UTF-8 becomes U+FFFD."""
+    yield from iter_corpus([spec], options)
 
 
 def source_files(specs: list[str], options: SourceOptions | None = None) -> list[Path]:

@@ -1,8 +1,9 @@
 """The two passes of prepare, and the work they hand to worker processes.
 
-Pass 1 reads the sources once, cleans documents in workers, removes duplicates in this
-process (it needs every document seen so far) and spools the kept documents to a JSONL
-file, deciding each one's split. The tokenizer trains on that spool. Pass 2 reads the
+Pass 1 reads the sources once, as raw units (units.py); workers parse them, clean the
+documents, compute their duplicate keys and serialize their spool lines; this process
+removes duplicates (it needs every document seen so far), counts the splits and writes the
+kept lines to a JSONL spool as they came. The tokenizer trains on that spool. Pass 2 reads the
 spool, tokenizes in workers and writes the shards in document order. Sources are read
 once (a URL or a streamed hub dataset is not read twice), cleaning runs once, and memory
 holds only the batches in flight.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +23,14 @@ import numpy as np
 from lmforge.config import CleanConfig
 from lmforge.data.clean import CleanStats, Deduplicator, clean_document, dedup_key
 from lmforge.data.document import TRAIN, VAL, Document
-from lmforge.data.parallel import ordered_map
-from lmforge.data.shards import ShardWriter
+from lmforge.data.formats import SourceStats
+from lmforge.data.parallel import WorkerPool
+from lmforge.data.shards import ShardWriter, dtype_name
+from lmforge.data.sources import check_found
+from lmforge.data.units import BATCH_CHARS, BATCH_DOCS, Unit, batched
 
-BATCH_DOCS = 512
-BATCH_CHARS = 1 << 20
-
-# Worker-process state, set once per process by the initializers below.
-_clean_cfg: CleanConfig | None = None
-_tokenizer: Any = None
+# Worker-process state: the tokenizer a worker loaded, by directory (loaded once per process).
+_tokenizers: dict[str, Any] = {}
 
 
 def nbytes(text: str) -> int:
@@ -43,38 +42,48 @@ def hash_fraction(doc_id: str) -> float:
     return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
 
 
-def batched(items: Iterable[Any], *, size: Callable[[Any], int]) -> Iterator[list[Any]]:
-    """Batches of at most BATCH_DOCS items or about BATCH_CHARS characters."""
-    batch: list[Any] = []
-    chars = 0
-    for item in items:
-        batch.append(item)
-        chars += size(item)
-        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
 # --- pass 1: clean, deduplicate, spool ------------------------------------------------------
 
-def init_clean(cfg: CleanConfig) -> None:
-    global _clean_cfg
-    _clean_cfg = cfg
+@dataclass
+class Cleaned:
+    """What a worker sends back for a batch of units: the spool records of the documents that
+    survived cleaning, already serialized, and the little the main process needs of each."""
+
+    found: list[tuple[int, int]]  # (spec index, documents parsed) of each unit
+    kept: list[tuple[str, Any, int, bool, str | None, float, int]]
+    # ^ (id, dedup key, UTF-8 bytes, blank, source split, hash fraction, record length)
+    records: bytes  # the spool lines of `kept`, in order
+    source_stats: SourceStats
+    clean_stats: CleanStats
 
 
-def clean_batch(docs: list[Document]) -> tuple[list[tuple[Document, Any]], CleanStats]:
-    """Worker: clean each document and compute its duplicate key."""
-    cfg = _clean_cfg
-    stats = CleanStats()
-    out = []
-    for doc in docs:
-        cleaned = clean_document(doc, cfg, stats)
-        if cleaned is not None:
-            key = dedup_key(cleaned.text, cfg) if cfg.dedup_exact or cfg.dedup_near else None
-            out.append((cleaned, key))
-    return out, stats
+def clean_units(task: tuple[CleanConfig, float, list[Unit]]) -> Cleaned:
+    """Worker: parse units into documents, clean them, compute duplicate keys and spool lines."""
+    cfg, val_fraction, units = task
+    dedup = cfg.dedup_exact or cfg.dedup_near
+    out = Cleaned([], [], b"", SourceStats(), CleanStats())
+    records = []
+    for unit in units:
+        docs = unit.documents(out.source_stats)
+        out.found.append((unit.spec, len(docs)))
+        for doc in docs:
+            cleaned = clean_document(doc, cfg, out.clean_stats)
+            if cleaned is None:
+                continue
+            text = cleaned.text
+            key = dedup_key(text, cfg) if dedup else None
+            source_split = doc.meta.get("split")
+            if source_split in (TRAIN, VAL):
+                split, h = source_split, 0.0
+            else:  # the main process balances the splits afterwards if the hash left one empty
+                source_split, h = None, hash_fraction(doc.id)
+                split = VAL if h < val_fraction else TRAIN
+            record = _record(cleaned, split)
+            out.kept.append((doc.id, key, nbytes(text), text.isspace(), source_split, h,
+                             len(record)))
+            records.append(record)
+    out.records = b"".join(records)
+    return out
 
 
 @dataclass
@@ -82,6 +91,7 @@ class Spool:
     """What pass 1 learned about the kept documents."""
 
     path: Path
+    val_fraction: float
     documents: int = 0
     bytes: int = 0
     by_source_split: int = 0  # documents whose source gave their split
@@ -91,14 +101,15 @@ class Spool:
     forced: dict[int, str] = field(default_factory=dict)
     has_text: bool = False
 
-    def split_of(self, index: int, doc: Document, val_fraction: float) -> str:
-        if doc.meta.get("split") in (TRAIN, VAL):
+    def note(self, index: int, source_split: str | None, h: float) -> None:
+        """Count the split of the document at `index`: its source's, or its id's hash."""
+        if source_split is not None:
             self.by_source_split += 1
-            return doc.meta["split"]
-        h = hash_fraction(doc.id)
+            self.in_val += source_split == VAL
+            return
         self.lowest = min(self.lowest, (h, index))
         self.highest = max(self.highest, (h, index))
-        return VAL if h < val_fraction else TRAIN
+        self.in_val += h < self.val_fraction
 
     def balance(self) -> None:
         """With few documents the hash can put them all on one side; both splits must exist."""
@@ -120,28 +131,38 @@ def _record(doc: Document, split: str) -> bytes:
     return line.encode("utf-8", errors="surrogatepass") + b"\n"
 
 
-def spool_documents(docs: Iterable[Document], spool: Spool, *, cfg: CleanConfig,
-                    val_fraction: float, workers: int, stats: CleanStats,
+def spool_documents(units: Iterable[Unit], spool: Spool, *, specs: list[str], cfg: CleanConfig,
+                    pool: WorkerPool, source_stats: SourceStats, clean_stats: CleanStats,
                     progress: Callable[[int], None]) -> None:
+    """Pass 1: units are parsed and cleaned in workers; here only what needs every document
+    seen so far happens (duplicate removal, split counts), and the workers' records are
+    written as they are."""
     dedup = Deduplicator(cfg)
+    found = [0] * len(specs)
     with open(spool.path, "wb") as out:
-        batches = batched(docs, size=lambda d: len(d.text))
-        for kept, batch_stats in ordered_map(clean_batch, batches, workers=workers,
-                                             initializer=init_clean, initargs=(cfg,)):
-            stats.merge(batch_stats)
-            lines = []
-            for doc, key in kept:
-                size = nbytes(doc.text)
-                progress(size)
-                if key is not None and dedup.check(doc.id, key, nbytes=size, stats=stats):
-                    continue
-                split = spool.split_of(spool.documents, doc, val_fraction)
-                spool.in_val += split == VAL
-                spool.has_text = spool.has_text or not doc.text.isspace()
-                lines.append(_record(doc, split))
-                spool.documents += 1
-                spool.bytes += size
-            out.write(b"".join(lines))
+        tasks = ((cfg, spool.val_fraction, batch) for batch in batched(units, size=lambda u: u.size))
+        for batch in pool.map(clean_units, tasks):
+            source_stats.merge(batch.source_stats)
+            clean_stats.merge(batch.clean_stats)
+            for spec, n in batch.found:
+                found[spec] += n
+            view = memoryview(batch.records)
+            start = run = done = 0  # the records from `run` to `start` are kept, not yet written
+            for doc_id, key, size, blank, source_split, h, length in batch.kept:
+                done += size
+                if key is not None and dedup.check(doc_id, key, nbytes=size, stats=clean_stats):
+                    out.write(view[run:start])
+                    run = start + length
+                else:
+                    spool.note(spool.documents, source_split, h)
+                    spool.has_text = spool.has_text or not blank
+                    spool.documents += 1
+                    spool.bytes += size
+                start += length
+            out.write(view[run:start])
+            progress(done)
+    for index, n in enumerate(found):
+        check_found(specs, index, n)
     spool.balance()
 
 
@@ -163,8 +184,8 @@ def spooled(spool: Spool) -> Iterator[tuple[int, str, str]]:
             yield index, spool.forced.get(index, split), text
 
 
-def spool_ranges(spool: Spool) -> Iterator[tuple[str, int, int, int]]:
-    """(path, first index, byte offset, byte length) of batches of whole spooled lines, so the
+def spool_ranges(spool: Spool) -> Iterator[tuple[int, int, int]]:
+    """(first index, byte offset, byte length) of batches of whole spooled lines, so the
     workers read and parse the text themselves and only token ids cross between processes."""
     start = offset = index = first = 0
     with open(spool.path, "rb") as fh:
@@ -172,33 +193,68 @@ def spool_ranges(spool: Spool) -> Iterator[tuple[str, int, int, int]]:
             offset += len(line)
             index += 1
             if index - first >= BATCH_DOCS or offset - start >= BATCH_CHARS:
-                yield str(spool.path), first, start, offset - start
+                yield first, start, offset - start
                 start, first = offset, index
     if offset > start:
-        yield str(spool.path), first, start, offset - start
+        yield first, start, offset - start
 
 
 # --- pass 2: tokenize, write shards ---------------------------------------------------------
 
-def init_encode(tokenizer_dir: str, single_thread: bool) -> None:
-    global _tokenizer
-    if single_thread:  # in a worker process: the workers are the parallelism
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from lmforge.data.tokenizer import load_tokenizer
+def _loaded(tokenizer_dir: str) -> Any:
+    if tokenizer_dir not in _tokenizers:
+        from lmforge.data.tokenizer import load_tokenizer
 
-    _tokenizer = load_tokenizer(Path(tokenizer_dir))
+        _tokenizers[tokenizer_dir] = load_tokenizer(Path(tokenizer_dir))
+    return _tokenizers[tokenizer_dir]
 
 
-def encode_range(task: tuple[str, int, int, int]) -> tuple[int, list[tuple[str, int, np.ndarray]]]:
-    """Worker: read a batch of spooled records and return the first one's index and the
-    (split, UTF-8 bytes, token ids) of each; ids as compact arrays, cheap to send back."""
-    path, first, offset, length = task
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        records = [_parse_record(line) for line in fh.read(length).splitlines()]
-    ids_list = _tokenizer.encode_batch([text for _, text in records])
-    return first, [(split, nbytes(text), np.asarray(ids, dtype=np.uint32))
-                   for (split, text), ids in zip(records, ids_list, strict=True)]
+@dataclass
+class Encoded:
+    """A batch of spooled documents as a worker returns it: per split, the documents' tokens
+    (each followed by end-of-text) in one array of the shard dtype, ready to write, with each
+    document's token count and the split's UTF-8 bytes; and the batch's token histogram."""
+
+    ids: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+    bytes: dict[str, int]
+    token_counts: np.ndarray
+
+
+@dataclass(frozen=True)
+class EncodeTask:
+    path: str
+    tokenizer_dir: str
+    dtype: str
+    forced: dict[int, str]  # the balancing's overrides (a document or none)
+    first: int  # index of the batch's first document
+    offset: int
+    length: int
+
+
+def encode_range(task: EncodeTask) -> Encoded:
+    """Worker: read a batch of spooled records, tokenize them and group them by split."""
+    tokenizer = _loaded(task.tokenizer_dir)
+    with open(task.path, "rb") as fh:
+        fh.seek(task.offset)
+        records = [_parse_record(line) for line in fh.read(task.length).splitlines()]
+    ids_list = tokenizer.encode_batch([text for _, text in records])
+    eot = [tokenizer.eot_id]
+    parts: dict[str, list[np.ndarray]] = {TRAIN: [], VAL: []}
+    lengths: dict[str, list[int]] = {TRAIN: [], VAL: []}
+    sizes = {TRAIN: 0, VAL: 0}
+    for index, ((split, text), ids) in enumerate(zip(records, ids_list, strict=True), start=task.first):
+        split = task.forced.get(index, split)
+        parts[split].append(np.asarray(ids, dtype=np.uint32))
+        parts[split].append(np.asarray(eot, dtype=np.uint32))
+        lengths[split].append(len(ids) + 1)
+        sizes[split] += nbytes(text)
+    ids = {name: np.concatenate(p) if p else np.zeros(0, np.uint32) for name, p in parts.items()}
+    counts = np.bincount(np.concatenate(list(ids.values())), minlength=tokenizer.vocab_size)
+    # The shard dtype (uint16 for most vocabularies) halves what crosses back to the writer.
+    return Encoded({name: a.astype(task.dtype) for name, a in ids.items()},
+                   {name: np.asarray(n, dtype=np.int64) for name, n in lengths.items()},
+                   sizes, counts)
 
 
 @dataclass
@@ -207,12 +263,14 @@ class SplitCounts:
     token_counts: np.ndarray | None = None  # occurrences of each token id
 
     def add_tokens(self, ids: np.ndarray, vocab_size: int) -> None:
-        counts = np.bincount(ids, minlength=vocab_size)
+        self.add_counts(np.bincount(ids, minlength=vocab_size))
+
+    def add_counts(self, counts: np.ndarray) -> None:
         self.token_counts = counts if self.token_counts is None else self.token_counts + counts
 
 
 def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
-                 writers: dict[str, ShardWriter], workers: int, val_fraction: float,
+                 writers: dict[str, ShardWriter], pool: WorkerPool, val_fraction: float,
                  progress: Callable[[int], None]) -> SplitCounts:
     counts = SplitCounts()
     vocab = tokenizer.vocab_size
@@ -227,17 +285,13 @@ def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
                 counts.bytes[split] += nbytes(part)
             progress(nbytes(text))
         return counts
-    eot = np.asarray([tokenizer.eot_id], dtype=np.uint32)
-    for first, records in ordered_map(encode_range, spool_ranges(spool), workers=workers,
-                                      initializer=init_encode,
-                                      initargs=(str(tokenizer_dir), workers > 0)):
-        written = []
-        for index, (split, size, ids) in enumerate(records, start=first):
-            split = spool.forced.get(index, split)
-            ids = np.concatenate([ids, eot])
-            writers[split].append_document(ids)
-            written.append(ids)
-            counts.bytes[split] += size
-            progress(size)
-        counts.add_tokens(np.concatenate(written), vocab)
+    tasks = (EncodeTask(str(spool.path), str(tokenizer_dir), dtype_name(writers[TRAIN].dtype),
+                        spool.forced, first, offset, length)
+             for first, offset, length in spool_ranges(spool))
+    for batch in pool.map(encode_range, tasks):
+        for split, ids in batch.ids.items():
+            writers[split].append_documents(ids, batch.lengths[split])
+            counts.bytes[split] += batch.bytes[split]
+        counts.add_counts(batch.token_counts)
+        progress(sum(batch.bytes.values()))
     return counts

@@ -76,6 +76,14 @@ def _full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _nonfinite(weights: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first weight holding a NaN or Inf, None when all are finite."""
+    for name, t in weights.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
 def _in_group() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -108,12 +116,22 @@ def save_checkpoint(run_dir: Path, *, step: int, model: nn.Module, optimizer: to
         if info.is_main:
             _point(root, name, is_best=is_best, keep_last=keep_last)
         return final
+    weights = _full_weights(model)
+    # Checked before anything is written, so a NaN or Inf never reaches a checkpoint, and
+    # `latest` keeps pointing at the last good one. Rank 0 holds the full weights.
+    bad = broadcast_object(_nonfinite(weights) if info.is_main else None, info)
+    if bad:
+        last = _read_pointer(root, "latest")
+        raise CheckpointError(f"refusing to save step {step}: weight '{bad}' holds NaN or Inf "
+                              "values; the last checkpoint "
+                              + (f"({last}) is kept" if last else "is none yet")
+                              + "; lower --optim.lr or enable --optim.grad_clip and resume or "
+                              "start again")
     if info.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     barrier(info)
-    weights = _full_weights(model)
     with _quiet_single_process():
         dcp.save(_training_state(model, optimizer), checkpoint_id=str(tmp / STATE_DIR),
                  no_dist=not _in_group())

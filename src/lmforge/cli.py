@@ -102,6 +102,22 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_config_options(p)
 
+    p = verbs.add_parser("verify-resume", help="check that a killed and resumed run of a recipe "
+                         "trains exactly as one that never stopped", allow_abbrev=False,
+                         usage="lmforge verify-resume [RECIPE] [--steps N] [--SECTION.FIELD=VALUE ...]",
+                         description="Train --steps steps of the recipe (with the usual "
+                                     "--section.field overrides) twice in a temporary directory, "
+                                     "as `lmforge train` subprocesses: straight, and killed with "
+                                     "SIGKILL after a checkpoint in the middle, then resumed. "
+                                     "Compare the per-step losses bit for bit. Exit code 0 when "
+                                     "they match, 1 when not (the first step that differs and by "
+                                     "how much are printed) or a run failed. Nothing is kept.")
+    p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
+    p.add_argument("--steps", type=int, default=40,
+                   help="steps of each run; the kill comes after the checkpoint at half of them "
+                        "(default: 40)")
+    _add_config_options(p)
+
     p = verbs.add_parser("compare", help="train several recipes on the same data for the same "
                          "budget; print a table and plot validation bits per byte",
                          allow_abbrev=False,
@@ -205,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb is None:
             parser.print_help()
             return 0
-        if rest and args.verb not in ("train", "prepare", "compare", "bench"):
+        if rest and args.verb not in ("train", "prepare", "compare", "bench", "verify-resume"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         known = {k: v for k, v in vars(args).items() if "." in k}
         for key, value in known.items():
@@ -224,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "bench":
             from lmforge.bench import bench_command
             return bench_command(args, overrides=overrides)
+        if args.verb == "verify-resume":
+            from lmforge.verify_resume import verify_resume_command
+            return verify_resume_command(args, overrides=overrides)
         if args.verb == "compare":  # checks its inputs before it imports torch
             from lmforge.compare import compare_command
             return compare_command(args, overrides=overrides)

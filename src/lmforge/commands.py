@@ -21,6 +21,7 @@ from lmforge.errors import DataError, LmforgeError
 from lmforge.evaluate import split_loss, summarize
 from lmforge.generate import generate_tokens
 from lmforge.rundir import load_run, new_run_dir, read_run_config, write_config
+from lmforge.train import preemption
 from lmforge.train.metrics import log
 from lmforge.train.trainer import Trainer, resolve_device
 
@@ -97,7 +98,7 @@ def _setup_run(recipe: str | None, resume: Path | None,
     return cfg, run_dir, False
 
 
-def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) -> None:
+def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) -> int:
     # A function of its own so that the model, its DDP/FSDP state and their references to
     # the process group are gone before the group is torn down.
     init_state = init_from.load_state(cfg) if cfg.run.init_from and not resuming else None
@@ -109,7 +110,11 @@ def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) ->
         trainer.start_files()
     if info.is_main:
         write_config(cfg, run_dir)
-    trainer.fit()
+    result = trainer.fit()
+    if result["signal"]:  # preempted: saved, and no time to spend on samples and reports
+        trainer.tb.close()
+        env.barrier(info)  # torchrun ends every rank once one exits: let all finish first
+        return preemption.exit_code(result["signal"])
     texts = trainer.samples(count=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens)
     if texts:
         shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
@@ -119,6 +124,7 @@ def _train(cfg: Config, run_dir: Path, resuming: bool, *, info: env.DistInfo) ->
     trainer.tb.close()
     if info.is_main and cfg.train.report:
         _auto_report(run_dir)
+    return 0
 
 
 def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[str, str]) -> int:
@@ -139,8 +145,7 @@ def train_command(*, recipe: str | None, resume: Path | None, overrides: dict[st
         setup = env.broadcast_object(setup, info)  # every rank stops alike on a bad input
         if isinstance(setup, LmforgeError):
             raise setup
-        _train(*setup, info=info)
-        return 0
+        return _train(*setup, info=info)
     except RuntimeError as err:  # gloo reports a vanished peer as a plain RuntimeError
         if info.distributed and env.is_peer_failure(err):
             raise LmforgeError(env.lost_peer_message(err, info)) from None

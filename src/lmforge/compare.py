@@ -123,6 +123,8 @@ def train_one(name: str, cfg: Config, *, log: Callable[[str], None]) -> dict[str
     write_config(cfg, run_dir)
     result = trainer.fit()
     trainer.tb.close()
+    if result["signal"]:  # the run is saved (resumable); a stop request stops the comparison too
+        raise KeyboardInterrupt
     params, tokens = trainer.raw_model.num_params(), trainer.counters.tokens
     del trainer
     which = "best" if (run_dir / "checkpoints" / "best").is_file() else "latest"

@@ -128,6 +128,9 @@ class OptimConfig:
     warmup_steps: int = option(100, "Steps of linear warm-up from 0 to optim.lr.")
     decay_steps: int = option(0, "cosine: step at which min_lr is reached (0: train.max_steps). "
                                  "wsd: length of the final linear decay (0: 20% of train.max_steps).")
+    max_nonfinite: int = option(5, "A NaN or Inf loss or gradient norm skips its optimizer step "
+                                   "(the step still counts and uses its data); more than this "
+                                   "many in a row stop the run with an error (0: the first does).")
 
 
 @dataclass
@@ -383,3 +386,5 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if cfg.optim.max_nonfinite < 0:
+        raise ConfigError(f"optim.max_nonfinite must be 0 or more, got {cfg.optim.max_nonfinite}")

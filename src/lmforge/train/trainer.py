@@ -21,6 +21,7 @@ import dataclasses
 import math
 import resource
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +44,7 @@ from lmforge.distributed.parallelize import (
     resolve_strategy,
     unwrap,
 )
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.evaluate import cross_entropy, mean_loss, stream_loss, summarize
 from lmforge.generate import generate_tokens
 from lmforge.init_from import load_into
@@ -51,6 +52,7 @@ from lmforge.models import build_model
 from lmforge.train import mfu
 from lmforge.train.metrics import MetricsLog, Progress, log, plot_losses
 from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.preemption import Preemption
 from lmforge.train.profiling import StepProfiler
 from lmforge.train.tensorboard import TensorBoard
 
@@ -74,6 +76,12 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
         precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
+def _finite_state(state: Any) -> bool:
+    """Whether a recurrent hidden state ([h] or (h, c)) holds only finite values."""
+    parts = state if isinstance(state, tuple) else (state,)
+    return all(bool(torch.isfinite(p).all()) for p in parts)
+
+
 def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     if uses_bf16(precision, device):
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
@@ -89,6 +97,8 @@ class Counters:
     best_val: float = math.inf
     best_step: int = -1
     evals_without_improvement: int = 0
+    nonfinite_in_a_row: int = 0  # steps skipped for a NaN/Inf loss or gradient norm, in a row
+    skipped_steps: int = 0  # all the steps skipped so far
 
 
 class Trainer:
@@ -287,11 +297,41 @@ class Trainer:
             total += loss.detach()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         norm = clip_grad_norm(list(self.model.parameters()), clip)
-        self.optimizer.step()
+        loss = env.all_mean(total / accum, self.info)
+        # A NaN or Inf skips the update, so the weights and the optimizer state stay as they
+        # were. Loss and norm are the same on every rank (all-reduced), so every rank skips
+        # alike. Deciding costs one host sync per step; an update cannot be undone afterwards.
+        finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+        elif self.recurrent:  # a non-finite hidden state would poison all its stream's steps
+            self.states = [s if s is None or _finite_state(s) else None for s in self.states]
         self.optimizer.zero_grad(set_to_none=True)
-        self.counters.step += 1
-        self.counters.tokens += accum * x.numel() * self.info.dp_size
-        return env.all_mean(total / accum, self.info), norm
+        # A skipped step still counts and has consumed its data, so the step number, the
+        # schedule and the data order go on exactly as they would have.
+        c = self.counters
+        c.step += 1
+        c.tokens += accum * x.numel() * self.info.dp_size
+        c.nonfinite_in_a_row = 0 if finite else c.nonfinite_in_a_row + 1
+        c.skipped_steps += not finite
+        return loss, norm
+
+    def _check_nonfinite(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        """Say that this step was skipped; stop the run when too many were, in a row."""
+        c, o = self.counters, self.cfg.optim
+        self.log(f"step {c.step}: loss {loss.item():.4g}, gradient norm {norm.item():.4g}: not "
+                 f"finite, optimizer step skipped ({c.nonfinite_in_a_row} in a row; the run "
+                 f"stops after {o.max_nonfinite})")
+        if c.nonfinite_in_a_row <= o.max_nonfinite:
+            return
+        clip = (f"lower --optim.grad_clip (now {o.grad_clip})" if o.grad_clip > 0
+                else "enable gradient clipping (--optim.grad_clip=1.0)")
+        where = (f"continue from the last checkpoint with `lmforge train --resume {self.run_dir} "
+                 f"--optim.lr=...`" if (checkpoint.checkpoints_dir(self.run_dir) / "latest").is_file()
+                 else "start a new run")
+        raise LmforgeError(f"step {c.step}: {c.nonfinite_in_a_row} non-finite losses or gradient "
+                           f"norms in a row (optim.max_nonfinite={o.max_nonfinite}); training "
+                           f"diverged: lower --optim.lr (now {o.lr:g}) or {clip}, and {where}")
 
     def evaluate(self) -> float:
         e, t = self.cfg.eval, self.cfg.train
@@ -386,52 +426,71 @@ class Trainer:
         startup: float | None = None
         self.model.train()
         step_time = 0.0  # time in training steps only, so tokens/s leaves out evaluation and saves
-        while c.step < t.max_steps:
-            t0 = time.perf_counter()
-            loss, norm = self.train_step()
-            profiler.step()
-            now = time.perf_counter()
-            step_time += now - t0
-            if c.step == first_step + 1:  # start-up cost: from process start to one step done
-                startup = now - STARTED_AT
-                self.log(f"first step done {startup:.1f}s after start")
-            if c.step % t.log_every == 0 or c.step == t.max_steps:
-                tok_s = (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)
-                record = {"kind": "train", "step": c.step, "loss": loss.item(),
-                          "grad_norm": norm.item(), "lr": self.optimizer.param_groups[0]["lr"],
-                          "tokens": c.tokens, "tokens_per_s": tok_s, "mfu": utilization(tok_s),
-                          "elapsed_s": now - start}
-                if startup is not None:  # in the first record written
-                    record["startup_s"], startup = startup, None
-                if info.is_main:
-                    self.metrics.write(record)
-                progress.update(c.step, loss=record["loss"], tokens_per_s=tok_s, lr=record["lr"],
-                                mfu=record["mfu"])
-            if cfg.eval.every and c.step % cfg.eval.every == 0:
-                last_eval = c.step
-                if self._after_eval(self.evaluate()):
-                    stopped = "early_stop"
+        signum = 0  # a SIGTERM or SIGINT that stops the run (train/preemption.py)
+        with Preemption() as preemption:  # until the final checkpoint is written
+            while c.step < t.max_steps:
+                t0 = time.perf_counter()
+                loss, norm = self.train_step()
+                profiler.step()
+                now = time.perf_counter()
+                step_time += now - t0
+                if c.step == first_step + 1:  # start-up cost: from process start to one step done
+                    startup = now - STARTED_AT
+                    self.log(f"first step done {startup:.1f}s after start")
+                skipped = c.nonfinite_in_a_row > 0
+                if c.step % t.log_every == 0 or c.step == t.max_steps or skipped:
+                    tok_s = (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)
+                    record = {"kind": "train", "step": c.step, "loss": loss.item(),
+                              "grad_norm": norm.item(), "lr": self.optimizer.param_groups[0]["lr"],
+                              "tokens": c.tokens, "tokens_per_s": tok_s, "mfu": utilization(tok_s),
+                              "elapsed_s": now - start, "skipped": skipped,
+                              "skipped_steps": c.skipped_steps}
+                    if startup is not None:  # in the first record written
+                        record["startup_s"], startup = startup, None
+                    if info.is_main:
+                        self.metrics.write(record)
+                    progress.update(c.step, loss=record["loss"], tokens_per_s=tok_s,
+                                    lr=record["lr"], mfu=record["mfu"])
+                if skipped:
+                    self._check_nonfinite(loss, norm)
+                if cfg.eval.every and c.step % cfg.eval.every == 0:
+                    last_eval = c.step
+                    if self._after_eval(self.evaluate()):
+                        stopped = "early_stop"
+                        break
+                if cfg.checkpoint.every and c.step % cfg.checkpoint.every == 0:
+                    self.save()
+                signum = preemption.stop_signal(info, self.device)  # on any rank: all stop here
+                if signum:
+                    stopped = "signal"
+                    self.log(f"received {signal.Signals(signum).name}: saving a checkpoint at "
+                             f"step {c.step}, then stopping; signal again to stop at once")
                     break
-            if cfg.checkpoint.every and c.step % cfg.checkpoint.every == 0:
-                self.save()
-            # every rank must stop at the same step: rank 0's clock decides
-            if t.max_minutes > 0 and env.broadcast_object(now > deadline, info):
-                stopped = "max_minutes"
-                break
-        progress.close()
-        profiler.close()
-        if last_eval != c.step:
-            self._after_eval(self.evaluate())
-        self.save()
+                # every rank must stop at the same step: rank 0's clock decides
+                if t.max_minutes > 0 and env.broadcast_object(now > deadline, info):
+                    stopped = "max_minutes"
+                    break
+            progress.close()
+            profiler.close()
+            # No extra evaluation after a signal: it would cost the grace time, and change the
+            # early-stopping record that the resumed run must continue unchanged.
+            if last_eval != c.step and not signum:
+                self._after_eval(self.evaluate())
+            self.save()
         elapsed = time.perf_counter() - start
         self._record_memory()
         if info.is_main:
             plot_losses(self.metrics.read(), self.run_dir / "loss.png", title=str(self.run_dir))
-        self.log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
-                 f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run_dir}")
+        if signum:
+            self.log(f"stopped at step {c.step} on {signal.Signals(signum).name} after "
+                     f"{elapsed:.1f}s; checkpoint saved; continue with "
+                     f"`lmforge train --resume {self.run_dir}`")
+        else:
+            self.log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
+                     f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run_dir}")
         tok_s = (c.step - first_step) * tokens_per_step / max(step_time, 1e-9)
-        return {"step": c.step, "stopped": stopped, "best_val_loss": c.best_val, "elapsed_s": elapsed,
-                "tokens_per_s": tok_s, "mfu": utilization(tok_s)}
+        return {"step": c.step, "stopped": stopped, "signal": signum, "best_val_loss": c.best_val,
+                "elapsed_s": elapsed, "tokens_per_s": tok_s, "mfu": utilization(tok_s)}
 
     def _record_memory(self) -> None:
         """What each rank held: parameters, gradients (as large as the parameters they belong

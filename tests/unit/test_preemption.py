@@ -1,0 +1,72 @@
+"""SIGTERM and SIGINT while training: real signals sent to this very process."""
+
+import os
+import signal
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lmforge.config import load_config
+from lmforge.data.prepare import prepare
+from lmforge.distributed.env import SINGLE
+from lmforge.train.preemption import Preemption, exit_code
+from lmforge.train.trainer import Trainer
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def test_first_signal_is_a_request_and_the_second_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with Preemption(repeat_after_s=0) as p:
+        assert p.stop_signal(SINGLE, device=None) == 0
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test run without the handler
+        assert p.stop_signal(SINGLE, device=None) == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_quick_repeat_is_the_same_request():
+    """Under torchrun the terminal's SIGINT and torchrun's forwarded SIGTERM arrive together."""
+    with Preemption(repeat_after_s=60) as p:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # no KeyboardInterrupt
+        assert p.received == signal.SIGINT
+
+
+def test_exit_codes_follow_the_shell_convention():
+    assert exit_code(signal.SIGTERM) == 143 and exit_code(signal.SIGINT) == 130
+
+
+def test_fit_stops_after_the_step_with_a_checkpoint(tmp_path):
+    data = tmp_path / "data"
+    prepare([str(STDLIB / "json" / "*.py")], data, tokenizer="char", log=lambda _: None)
+    cfg = load_config("default", {
+        "data.path": str(data), "model.n_layer": "1", "model.n_head": "2", "model.n_embd": "16",
+        "model.block_size": "16", "train.batch_size": "2", "train.max_steps": "1000000",
+        "train.progress": "false", "train.threads": "1", "train.tensorboard": "false",
+        "eval.every": "0", "eval.batches": "1", "eval.samples_at_eval": "0",
+        "checkpoint.every": "0", "train.peak_tflops": "1"})
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def preempt():  # as a scheduler would, once the training loop has started
+        while signal.getsignal(signal.SIGTERM) == before:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=preempt, daemon=True)
+    sender.start()
+    result = trainer.fit()
+    sender.join()
+    assert result["stopped"] == "signal" and result["signal"] == signal.SIGTERM
+    assert 0 < result["step"] < 1000000
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step_{result['step']:08d}"
+    # no evaluation was added at the stop (the resumed run must find the record unchanged)
+    assert "eval" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the loop's alone

@@ -57,3 +57,12 @@ def test_probing_leaves_the_global_random_state_alone(tmp_path):
     torch.manual_seed(7)
     mfu.cached_probe(CPU, torch.float32, cache_dir=tmp_path)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_run_faster_than_the_cached_peak_raises_it(tmp_path):
+    mfu.raise_cached_peak(CPU, torch.float32, 5.0, cache_dir=tmp_path)  # nothing cached yet
+    assert mfu.cached_probe(CPU, torch.float32, cache_dir=tmp_path) == 5.0
+    mfu.raise_cached_peak(CPU, torch.float32, 3.0, cache_dir=tmp_path)  # lower: kept as it was
+    assert mfu.cached_probe(CPU, torch.float32, cache_dir=tmp_path) == 5.0
+    mfu.raise_cached_peak(CPU, torch.float32, 8.0, cache_dir=tmp_path)
+    assert mfu.cached_probe(CPU, torch.float32, cache_dir=tmp_path) == 8.0

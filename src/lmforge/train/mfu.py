@@ -93,24 +93,19 @@ def _cache_key(device: torch.device, dtype: torch.dtype) -> str:
             f"torch={torch.__version__}")
 
 
-def cached_probe(device: torch.device, dtype: torch.dtype, *, remeasure: bool = False,
-                 cache_dir: Path | None = None) -> float:
-    """probe_matmul, measured once per device, precision, thread count and torch version and
-    cached; remeasure=True probes again and caches the best figure seen, so a probe taken
-    while the machine was busy does not stay the peak for ever."""
-    path = Path(cache_dir or default_cache_dir()) / CACHE_FILE
-    key = _cache_key(device, dtype)
+def _cache_path(cache_dir: Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / CACHE_FILE
+
+
+def _load(path: Path) -> dict[str, float]:
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
-        cache = {}
-    cache = cache if isinstance(cache, dict) else {}
-    known = cache.get(key)
-    known = float(known) if isinstance(known, (int, float)) and known > 0 else 0.0
-    if known and not remeasure:
-        return known
-    flops = max(known, probe_matmul(device, dtype))
-    cache[key] = flops
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _store(path: Path, cache: dict[str, float]) -> None:
     try:  # a read-only home costs a probe per run, nothing more
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{CACHE_FILE}.{os.getpid()}.tmp")
@@ -118,7 +113,34 @@ def cached_probe(device: torch.device, dtype: torch.dtype, *, remeasure: bool = 
         tmp.replace(path)
     except OSError:
         pass
-    return flops
+
+
+def cached_probe(device: torch.device, dtype: torch.dtype, *, remeasure: bool = False,
+                 cache_dir: Path | None = None) -> float:
+    """probe_matmul, measured once per device, precision, thread count and torch version and
+    cached; remeasure=True probes again and caches the best figure seen, so a probe taken
+    while the machine was busy does not stay the peak for ever."""
+    path, key = _cache_path(cache_dir), _cache_key(device, dtype)
+    cache = _load(path)
+    known = cache.get(key)
+    known = float(known) if isinstance(known, (int, float)) and known > 0 else 0.0
+    if known and not remeasure:
+        return known
+    cache[key] = max(known, probe_matmul(device, dtype))
+    _store(path, cache)
+    return cache[key]
+
+
+def raise_cached_peak(device: torch.device, dtype: torch.dtype, flops: float, *,
+                      cache_dir: Path | None = None) -> None:
+    """A run that reached `flops` per device proves the peak is at least that: a cached probe
+    below it was taken while the machine was busy."""
+    path, key = _cache_path(cache_dir), _cache_key(device, dtype)
+    cache = _load(path)
+    known = cache.get(key)
+    if not isinstance(known, (int, float)) or known < flops:
+        cache[key] = flops
+        _store(path, cache)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, *, configured_tflops: float = 0.0,

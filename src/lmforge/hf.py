@@ -11,8 +11,8 @@
 Only `safetensors`, `tokenizers` and the standard library are needed here: `transformers`
 is what the files are *for*, not what writes them, so exporting works without it.
 
-Two lmforge layouts have an exact Hugging Face twin. GPT-2: layernorm + gelu (tanh
-approximation, HF's "gelu_new") + learned positions; HF's Conv1D stores weights as
+Two lmforge layouts have an exact Hugging Face twin. GPT-2: layernorm + GELU (exact,
+HF's "gelu", or GPT-2's tanh approximation, "gelu_new") + learned positions; HF's Conv1D stores weights as
 (in, out), the transpose of nn.Linear, and always has biases (zeros when lmforge has none).
 Llama: rmsnorm + swiglu + rope. lmforge's rope pairs dimension i with i + hs/2, which is
 HF's rotate_half convention, so q and k need no permutation; lmforge's separate q/k/v
@@ -47,12 +47,13 @@ from lmforge.models.layers import NORM_EPS, swiglu_hidden
 
 WEIGHTS = "model.safetensors"
 FAMILIES = {  # HF model_type → the lmforge options that compute the same function
-    "gpt2": {"norm": "layernorm", "mlp": "gelu", "pos": "learned"},
+    "gpt2": {"norm": "layernorm", "mlp": ("gelu", "gelu_tanh"), "pos": "learned"},
     "llama": {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope"},
 }
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
-# Both are GELU's tanh approximation, which is what lmforge's MLP computes; "gelu" is exact.
+# HF's names of GELU's tanh approximation (lmforge's model.mlp=gelu_tanh); "gelu" is exact.
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+_GELUS = {"gelu": "gelu", **{name: "gelu_tanh" for name in _TANH_GELUS}}  # HF → model.mlp
 # Buffers older transformers versions saved with the weights; they hold no parameters.
 _BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
@@ -68,12 +69,16 @@ def hf_family(cfg: ModelConfig) -> str:
     if cfg.arch != "gpt":
         raise ConfigError(f"model.arch={cfg.arch} has no Hugging Face equivalent that lmforge "
                           "can write; use --format safetensors")
-    differ = {name: {k: v for k, v in opts.items() if getattr(cfg, k) != v}
+    def fits(value: Any, want: Any) -> bool:
+        return value in want if isinstance(want, tuple) else value == want
+
+    differ = {name: {k: v for k, v in opts.items() if not fits(getattr(cfg, k), v)}
               for name, opts in FAMILIES.items()}
     name = min(differ, key=lambda n: len(differ[n]))
     if differ[name]:
         ours = ", ".join(f"model.{k}={getattr(cfg, k)}" for k in differ[name])
-        want = " + ".join(FAMILIES[name].values())
+        want = " + ".join(v if isinstance(v, str) else " or ".join(v)
+                          for v in FAMILIES[name].values())
         raise ConfigError(f"cannot export to Hugging Face: {ours}, but the nearest HF model "
                           f"({CLASSES[name]}) is {want}; use --format safetensors")
     return name
@@ -128,7 +133,8 @@ def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, dtype: torc
     if family == "gpt2":
         return {**common, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                 "n_positions": cfg.block_size, "n_inner": int(cfg.mlp_ratio * cfg.n_embd),
-                "activation_function": "gelu_new", "layer_norm_epsilon": NORM_EPS,
+                "activation_function": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
+                "layer_norm_epsilon": NORM_EPS,
                 "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                 "reorder_and_upcast_attn": False}
@@ -241,8 +247,9 @@ def _eps_ok(value: Any) -> bool:
 
 def _gpt2_config(c: dict[str, Any]) -> ModelConfig:
     act = c.get("activation_function", "gelu_new")
-    if act not in _TANH_GELUS:
-        raise _refuse(f"activation_function={act}, lmforge's MLP computes the tanh GELU (gelu_new)")
+    if act not in _GELUS:
+        raise _refuse(f"activation_function={act}, lmforge's MLP computes GELU, exact (gelu) "
+                      "or in GPT-2's tanh form (gelu_new)")
     if not _eps_ok(c.get("layer_norm_epsilon", 1e-5)):
         raise _refuse(f"layer_norm_epsilon={c['layer_norm_epsilon']}, lmforge's LayerNorm uses {NORM_EPS}")
     for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
@@ -253,7 +260,7 @@ def _gpt2_config(c: dict[str, Any]) -> ModelConfig:
     n_inner = c.get("n_inner") or 4 * n_embd
     cfg = ModelConfig(arch="gpt", n_layer=c.get("n_layer", 12), n_head=c.get("n_head", 12),
                       n_embd=n_embd, block_size=c.get("n_positions", 1024), bias=True,
-                      norm="layernorm", mlp="gelu", pos="learned", mlp_ratio=n_inner / n_embd,
+                      norm="layernorm", mlp=_GELUS[act], pos="learned", mlp_ratio=n_inner / n_embd,
                       tie_embeddings=c.get("tie_word_embeddings", True),
                       vocab_size=c.get("vocab_size", 50257))
     if int(cfg.mlp_ratio * n_embd) != n_inner:

@@ -74,6 +74,8 @@ def hf_logits(transformers, directory, x: torch.Tensor) -> tuple[str, torch.Tens
 @pytest.mark.parametrize("tie", [True, False])
 def test_exported_model_gives_the_same_logits(transformers, tmp_path, style, bias, tie):
     cfg = small(bias=bias, tie_embeddings=tie, **(GPT2_STYLE if style == "gpt2" else LLAMA_STYLE))
+    if style == "gpt2" and not tie:  # and GPT-2's tanh GELU (HF gelu_new)
+        cfg = small(bias=bias, tie_embeddings=tie, **{**GPT2_STYLE, "mlp": "gelu_tanh"})
     model = random_gpt(cfg)
     export_hf(model, cfg, None, tmp_path)
     x = tokens(cfg)
@@ -108,7 +110,10 @@ def test_config_json_says_what_lmforge_computes(tmp_path):
     export_hf(random_gpt(small(**LLAMA_STYLE)), small(**LLAMA_STYLE), None, tmp_path / "l")
     g = json.loads((tmp_path / "g" / "config.json").read_text())
     ll = json.loads((tmp_path / "l" / "config.json").read_text())
-    assert (g["activation_function"], g["layer_norm_epsilon"], g["n_inner"]) == ("gelu_new", 1e-5, 256)
+    assert (g["activation_function"], g["layer_norm_epsilon"], g["n_inner"]) == ("gelu", 1e-5, 256)
+    tanh = small(**{**GPT2_STYLE, "mlp": "gelu_tanh"})
+    export_hf(random_gpt(tanh), tanh, None, tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["activation_function"] == "gelu_new"
     assert (ll["hidden_act"], ll["rms_norm_eps"], ll["rope_theta"]) == ("silu", 1e-5, 500.0)
 
 
@@ -172,11 +177,14 @@ def save_hf(transformers, model, directory, *, bin_file: bool = False):
 @pytest.mark.parametrize("bin_file", [False, True])
 @pytest.mark.parametrize("tie", [True, False])
 def test_imported_gpt2_gives_the_same_logits(transformers, tmp_path, bin_file, tie):
+    # GPT2Config's default activation is gelu_new, GPT-2's tanh GELU; "gelu" is the exact one
+    act = "gelu_new" if tie else "gelu"
     config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=300,
-                                     tie_word_embeddings=tie)
+                                     tie_word_embeddings=tie, activation_function=act)
     hf = save_hf(transformers, transformers.GPT2LMHeadModel(config), tmp_path, bin_file=bin_file)
     cfg, sd = import_hf(tmp_path)
-    assert (cfg.norm, cfg.mlp, cfg.pos, cfg.bias, cfg.tie_embeddings) == ("layernorm", "gelu", "learned", True, tie)
+    mlp = "gelu_tanh" if tie else "gelu"
+    assert (cfg.norm, cfg.mlp, cfg.pos, cfg.bias, cfg.tie_embeddings) == ("layernorm", mlp, "learned", True, tie)
     model = GPT(cfg).eval()
     model.load_state_dict(sd)  # strict
     x = tokens(cfg)
@@ -244,7 +252,7 @@ LLAMA = dict(model_type="llama", hidden_size=64, num_attention_heads=4, intermed
     (dict(LLAMA, hidden_act="gelu"), "hidden_act=gelu"),
     (dict(LLAMA, rms_norm_eps=1e-6), "rms_norm_eps=1e-06"),
     (dict(LLAMA, intermediate_size=170), "intermediate_size=170"),
-    (dict(model_type="gpt2", activation_function="gelu"), "activation_function=gelu"),
+    (dict(model_type="gpt2", activation_function="relu"), "activation_function=relu"),
     (dict(model_type="gpt2", layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
     (dict(model_type="gpt2", scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
 ])

@@ -135,7 +135,8 @@ class CausalSelfAttention(nn.Module):
 # ---------------------------------------------------------------------------- MLPs
 
 class MLP(nn.Module):
-    """GPT-2's feed-forward block, with GPT-2's tanh approximation of GELU (as HF's gelu_new)."""
+    """GPT-2's feed-forward block: exact GELU (model.mlp=gelu) or GPT-2's tanh approximation
+    of it (gelu_tanh, HF's gelu_new)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -143,9 +144,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 def swiglu_hidden(n_embd: int, mlp_ratio: float) -> int:
@@ -170,8 +172,8 @@ class SwiGLU(nn.Module):
 
 
 def make_mlp(cfg: ModelConfig) -> nn.Module:
-    if cfg.mlp == "gelu":
+    if cfg.mlp in ("gelu", "gelu_tanh"):
         return MLP(cfg)
     if cfg.mlp == "swiglu":
         return SwiGLU(cfg)
-    raise ValueError(f"unknown mlp '{cfg.mlp}': use gelu or swiglu")
+    raise ValueError(f"unknown mlp '{cfg.mlp}': use gelu, gelu_tanh or swiglu")

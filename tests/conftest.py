@@ -3,6 +3,9 @@
 import os
 
 import pytest
+from helpers import STDLIB
+
+from lmforge.data.prepare import prepare
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -16,3 +19,12 @@ def private_cache(tmp_path_factory):
         os.environ.pop("LMFORGE_CACHE", None)
     else:
         os.environ["LMFORGE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """The standard library's json package prepared at character level: the small real
+    corpus of the in-process training tests (a module may define its own `dataset`)."""
+    out = tmp_path_factory.mktemp("data") / "json"
+    prepare([str(STDLIB / "json" / "*.py")], out, tokenizer="char", log=lambda _: None)
+    return out

@@ -1,14 +1,9 @@
 """The CLI as a user runs it: real subprocesses, real files, a real SIGKILL."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import STDLIB, lmforge, train_losses
+from helpers import STDLIB, kill_after, lmforge, train_losses
 
 # A tiny model on a small real corpus, so each run takes a second or two.
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
@@ -46,16 +41,8 @@ def test_kill_resume_eval_generate(corpus):
     assert sorted(straight) == list(range(1, 401))
 
     # The same run, killed with SIGKILL once it has saved a checkpoint, then resumed.
-    cmd = [sys.executable, "-m", "lmforge", "train", *TINY, *steps, "--data.path=data/json",
-           "--run.dir=runs/killed"]
-    proc = subprocess.Popen(cmd, cwd=corpus, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = corpus / "runs" / "killed" / "checkpoints" / "step_00000060"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after(["train", *TINY, *steps, "--data.path=data/json", "--run.dir=runs/killed"],
+               marker=corpus / "runs" / "killed" / "checkpoints" / "step_00000060", cwd=corpus)
 
     lmforge("train", "--resume", "runs/killed", cwd=corpus)
     assert train_losses(corpus / "runs" / "killed") == straight  # bit-identical, every step

@@ -2,15 +2,10 @@
 files, a real SIGKILL."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import STDLIB, train_losses
+from helpers import STDLIB, kill_after, train_losses
 from helpers import lmforge as run_lmforge
 
 TINY_LSTM = ["--model.arch=lstm", "--model.n_layer=2", "--model.n_embd=32",
@@ -46,16 +41,9 @@ def test_lstm_kill_resume_is_bit_identical_then_eval_and_generate(corpus):
 
     # The same run, killed with SIGKILL mid-pass once it has saved a checkpoint, then resumed:
     # the loader position and every stream's hidden state come back from the checkpoint.
-    cmd = [sys.executable, "-m", "lmforge", "train", *TINY_LSTM, *steps, "--run.dir=runs/killed"]
-    proc = subprocess.Popen(cmd, cwd=corpus, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    marker = corpus / "runs" / "killed" / "checkpoints" / "step_00000040"
-    deadline = time.time() + 120
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_after(["train", *TINY_LSTM, *steps, "--run.dir=runs/killed"],
+               marker=corpus / "runs" / "killed" / "checkpoints" / "step_00000040", cwd=corpus,
+               threads=1)
 
     lmforge("train", "--resume", "runs/killed", cwd=corpus)
     assert train_losses(corpus / "runs" / "killed") == straight  # bit-identical, every step

@@ -3,7 +3,6 @@ checkpoint ever holds a non-finite weight. Real NaNs, made by a real model."""
 
 import json
 import math
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from lmforge.config import load_config
-from lmforge.data.prepare import prepare
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.train.trainer import Trainer
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "json"
-    prepare([str(STDLIB / "json" / "*.py")], out, tokenizer="char", log=lambda _: None)
-    return out
 
 
 def tiny_config(dataset, run_dir, **extra):

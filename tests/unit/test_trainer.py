@@ -1,24 +1,12 @@
 """The training loop in-process, on a small real corpus."""
 
 import json
-import sysconfig
 from pathlib import Path
 
-import pytest
 import torch
 
 from lmforge.config import load_config
-from lmforge.data.prepare import prepare
 from lmforge.train.trainer import Trainer
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "json"
-    prepare([str(STDLIB / "json" / "*.py")], out, tokenizer="char", log=lambda _: None)
-    return out
 
 
 def tiny_config(dataset, run_dir, **extra):

@@ -1,6 +1,8 @@
 """The CLI as a user runs it: real subprocesses, real files, a real SIGKILL."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import STDLIB, kill_after, lmforge, train_losses
@@ -108,6 +110,20 @@ def test_help_lists_every_verb_and_field(corpus):
     train_help = lmforge("train", "--help", cwd=corpus).stdout
     for key in ("--data.path", "--model.arch", "--train.max_steps", "--train.max_minutes", "--run.dir"):
         assert key in train_help
+    for verb in ("bench", "verify-resume", "compare", "export", "report"):
+        assert verb in top
+
+
+def test_help_does_not_import_torch(tmp_path):
+    """Help is instant: the verbs import torch only when they run."""
+    probe = ("import sys\nfrom lmforge.cli import main\n"
+             "for argv in (['--help'], ['train', '--help'], ['bench', '--help']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ def lmforge(*args, cwd, check=True, threads: int | None = None, **kwargs):
     nothing from two, and on a shared 2-core machine spinning threads slow everyone down."""
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, timeout=600, env=env, **kwargs)
+                          capture_output=True, env=env,
+                          timeout=kwargs.pop("timeout", 600), **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

@@ -18,6 +18,7 @@ save leaves the previous checkpoints as they were.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -127,27 +128,61 @@ def save_checkpoint(run_dir: Path, *, step: int, model: nn.Module, optimizer: to
                               + (f"({last}) is kept" if last else "is none yet")
                               + "; lower --optim.lr or enable --optim.grad_clip and resume or "
                               "start again")
-    if info.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    barrier(info)
-    with _quiet_single_process():
-        dcp.save(_training_state(model, optimizer), checkpoint_id=str(tmp / STATE_DIR),
-                 no_dist=not _in_group())
-    if info.is_main:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        torch.save(trainer_state, tmp / "trainer.pt")
-    barrier(info)  # every rank's shards are on disk
-    if info.is_main:
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        meta = {"step": step, "model": model_config,
-                "sha256": {f: sha256_file(tmp / f) for f in files}}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, final)
-        _point(root, name, is_best=is_best, keep_last=keep_last)
+    try:
+        if info.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        barrier(info)
+        with _quiet_single_process():
+            dcp.save(_training_state(model, optimizer), checkpoint_id=str(tmp / STATE_DIR),
+                     no_dist=not _in_group())
+        if info.is_main:
+            save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            torch.save(trainer_state, tmp / "trainer.pt")
+        barrier(info)  # every rank's shards are on disk
+        if info.is_main:
+            files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+            meta = {"step": step, "model": model_config,
+                    "sha256": {f: sha256_file(tmp / f) for f in files}}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, final)
+            _point(root, name, is_best=is_best, keep_last=keep_last)
+    except (OSError, dcp.api.CheckpointException) as err:
+        # dcp.save reports a failed write as a CheckpointException (a BaseException) that
+        # wraps each rank's OSError; either way the half-written directory goes, `latest`
+        # still names the previous checkpoint, and the user learns what to do in one line.
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_save_failed(run_dir, root, step, tmp, _os_error(err))) from None
     barrier(info)
     return final
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind a failed save: `err` itself, or the first one DCP wrapped."""
+    if isinstance(err, OSError):
+        return err
+    for failure in getattr(err, "failures", {}).values():
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(exc, OSError):
+            return exc
+    return None
+
+
+def _save_failed(run_dir: Path, root: Path, step: int, tmp: Path, err: OSError | None) -> str:
+    last = _read_pointer(root, "latest")
+    kept = f"the last checkpoint ({root / last}) is kept" if last else "no checkpoint is saved yet"
+    what = err.strerror if err is not None and err.strerror else str(err or "write failed")
+    if err is not None and err.errno in _DISK_FULL:
+        return (f"step {step}: checkpoint not saved, {tmp} ran out of disk space or hit the "
+                f"file size limit ({what}); {kept}; free space (or raise the limit) or lower "
+                f"--checkpoint.keep_last, then `lmforge train --resume {run_dir}`")
+    return (f"step {step}: checkpoint not saved to {tmp} ({what}); {kept}; fix the cause, "
+            f"then `lmforge train --resume {run_dir}`")
 
 
 def _point(root: Path, name: str, *, is_best: bool, keep_last: int) -> None:

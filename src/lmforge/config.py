@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -390,3 +391,40 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if cfg.optim.max_nonfinite < 0:
         raise ConfigError(f"optim.max_nonfinite must be 0 or more, got {cfg.optim.max_nonfinite}")
+    _validate_ranges(cfg)
+
+
+# Bounds that torch, numpy or the training loop would otherwise reject with a traceback
+# (a NaN learning rate, a beta of 1, a zero log interval, a seed beyond 64 bits, ...).
+_MAX_SEED = 2**62
+_MAX_THREADS = 4096
+
+
+def _validate_ranges(cfg: Config) -> None:
+    o, m, t = cfg.optim, cfg.model, cfg.train
+    finite = {"optim.lr": o.lr, "optim.min_lr": o.min_lr, "optim.weight_decay": o.weight_decay,
+              "optim.eps": o.eps, "optim.grad_clip": o.grad_clip, "model.mlp_ratio": m.mlp_ratio,
+              "model.rope_theta": m.rope_theta, "train.max_minutes": t.max_minutes}
+    for key, value in finite.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    nonnegative = {"optim.min_lr": o.min_lr, "optim.weight_decay": o.weight_decay,
+                   "optim.eps": o.eps, "optim.warmup_steps": o.warmup_steps,
+                   "optim.decay_steps": o.decay_steps, "train.threads": t.threads}
+    for key, value in nonnegative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be 0 or more, got {value}")
+    if not 0 < m.mlp_ratio <= 1024 or int(m.n_embd * m.mlp_ratio) < 1:
+        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} gives an MLP of "
+                          f"{m.n_embd * m.mlp_ratio:g} units; use a ratio such as 4 "
+                          "(above 0, at most 1024)")
+    if t.log_every < 1:
+        raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
+    if not 0 <= cfg.run.seed <= _MAX_SEED:
+        raise ConfigError(f"run.seed must be between 0 and 2**62, got {cfg.run.seed}")
+    if t.threads > _MAX_THREADS:
+        raise ConfigError(f"train.threads must be at most {_MAX_THREADS} (0: one per core), "
+                          f"got {t.threads}")

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lmforge.errors import LmforgeError
+
 
 def _check_sampling(*, temperature: float, top_k: int, top_p: float) -> None:
     if temperature < 0 or top_k < 0 or not 0.0 <= top_p <= 1.0:
@@ -54,6 +56,10 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # torch.multinomial would fail with a traceback
+        raise LmforgeError("the model's next-token probabilities are NaN or Inf: its weights are "
+                           "not finite (a learning rate far too high?); lower --optim.lr or "
+                           "enable --optim.grad_clip and train again")
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -143,7 +143,7 @@ def verify_resume(recipe: str | None, *, overrides: dict[str, str], steps: int) 
             a, b = _losses(straight, kind, field), _losses(killed, kind, field)
             diff = first_difference(a, b)
             if diff is None:
-                print(f"{what}: all {len(a)} bit-identical")
+                print(f"{what}: " + (f"all {len(a)} bit-identical" if len(a) > 1 else "bit-identical"))
             else:
                 print(_describe(what, diff, a, b))
                 result = 1

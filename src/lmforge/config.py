@@ -425,6 +425,12 @@ def _validate_ranges(cfg: Config) -> None:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
     if not 0 <= cfg.run.seed <= _MAX_SEED:
         raise ConfigError(f"run.seed must be between 0 and 2**62, got {cfg.run.seed}")
+    e = cfg.eval
+    for key, value, most in (("eval.samples", e.samples, 1000),
+                             ("eval.samples_at_eval", e.samples_at_eval, 1000),
+                             ("eval.sample_tokens", e.sample_tokens, 1_000_000)):
+        if not 0 <= value <= most:  # past these, sampling would run for days
+            raise ConfigError(f"{key} must be between 0 and {most:,}, got {value}")
     if t.threads > _MAX_THREADS:
         raise ConfigError(f"train.threads must be at most {_MAX_THREADS} (0: one per core), "
                           f"got {t.threads}")

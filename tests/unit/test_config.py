@@ -75,3 +75,11 @@ def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
     written = tomllib.loads((tmp_path / "config.toml").read_text())
     assert set(written) == {"run", "data", "clean", "tokenizer", "model", "optim", "train", "eval",
                             "checkpoint", "parallel"}
+
+
+@pytest.mark.parametrize("key, value", [("eval.sample_tokens", "10000000"),
+                                        ("eval.samples_at_eval", "100000"),
+                                        ("eval.samples", "-1")])
+def test_sampling_sizes_are_bounded(key, value):
+    with pytest.raises(ConfigError, match=f"{key} must be between 0 and"):
+        load_config("default", {key: value})

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmforge.config import load_config
@@ -94,3 +95,12 @@ def test_minutes_bound_stops_the_run(dataset, tmp_path):
     assert result["stopped"] == "max_minutes" and 0 < result["step"] < 1000000
     assert (tmp_path / "checkpoints" / f"step_{result['step']:08d}").is_dir()
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_a_model_too_large_for_memory_is_one_clear_error(dataset, tmp_path):
+    from lmforge.errors import ConfigError
+
+    cfg = tiny_config(dataset, tmp_path / "huge", **{"model.n_embd": "1048576", "model.n_head": "1",
+                                                      "model.n_layer": "64"})
+    with pytest.raises(ConfigError, match="does not fit in memory"):
+        Trainer(cfg, tmp_path / "huge")

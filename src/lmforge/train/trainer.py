@@ -132,7 +132,15 @@ class Trainer:
         self.manifest = shards.verify(data_dir)
         self.tokenizer = load_tokenizer(data_dir / self.manifest["tokenizer"]["dir"])
         self._fit_vocab(self.manifest["tokenizer"]["vocab_size"])
-        self.raw_model = build_model(cfg.model).to(self.device)
+        try:
+            self.raw_model = build_model(cfg.model).to(self.device)
+        except (MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(err):
+                raise
+            m = cfg.model
+            raise ConfigError(f"the model ({m.n_layer} layers x {m.n_embd}, vocabulary "
+                              f"{m.vocab_size:,}) does not fit in memory on {self.device}; "
+                              "make it smaller (model.n_layer, model.n_embd)") from None
         if init_state is not None:  # --init-from: weights from elsewhere, before any sharding
             load_into(self.raw_model, init_state)
         self.recurrent = getattr(self.raw_model, "recurrent", False)

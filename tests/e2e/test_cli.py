@@ -42,9 +42,13 @@ def test_kill_resume_eval_generate(corpus):
     straight = train_losses(corpus / "runs" / "straight")
     assert sorted(straight) == list(range(1, 401))
 
-    # The same run, killed with SIGKILL once it has saved a checkpoint, then resumed.
+    # The same run, killed with SIGKILL once it has saved a checkpoint, resumed, killed again
+    # (past an evaluation: the best-validation record must come back too), resumed again.
+    checkpoints = corpus / "runs" / "killed" / "checkpoints"
     kill_after(["train", *TINY, *steps, "--data.path=data/json", "--run.dir=runs/killed"],
-               marker=corpus / "runs" / "killed" / "checkpoints" / "step_00000060", cwd=corpus)
+               marker=checkpoints / "step_00000060", cwd=corpus)
+    kill_after(["train", "--resume", "runs/killed"], marker=checkpoints / "step_00000140",
+               cwd=corpus)
 
     lmforge("train", "--resume", "runs/killed", cwd=corpus)
     assert train_losses(corpus / "runs" / "killed") == straight  # bit-identical, every step
@@ -102,6 +106,13 @@ def test_resume_with_another_model_shape_is_refused(corpus):
     proc = lmforge("train", "--resume", "runs/shape", "--model.n_layer=3", cwd=corpus, check=False)
     assert proc.returncode == 2
     assert "model.n_layer: checkpoint 2, config 3" in proc.stderr
+    # a dataset made with another tokenizer: the run's token ids would mean other things
+    lmforge("prepare", "--data", str(STDLIB / "json" / "tool.py"), "--tokenizer", "char", "--out",
+            "data/tool", cwd=corpus)  # a smaller alphabet, so the model's vocabulary still fits
+    proc = lmforge("train", "--resume", "runs/shape", "--data.path=data/tool", cwd=corpus,
+                   check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "another tokenizer" in proc.stderr and "data/tool" in proc.stderr
 
 
 def test_help_lists_every_verb_and_field(corpus):

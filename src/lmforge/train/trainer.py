@@ -223,6 +223,7 @@ class Trainer:
             path = checkpoint.find_checkpoint(self.run_dir, "latest")
             meta = checkpoint.verify(path)
             checkpoint.check_model_config(meta, dataclasses.asdict(self.cfg.model), path=path)
+            self._check_tokenizer()
         path = env.broadcast_object(path, self.info)
         state = checkpoint.load_training_state(path, model=self.model, optimizer=self.optimizer)
         self.counters = Counters(**state["counters"])
@@ -245,6 +246,23 @@ class Trainer:
         self.log(f"resumed from {path} at step {self.counters.step}"
                  + (f" (saved on {saved_on} processes)" if saved_on != self.info.world_size else ""))
         return path
+
+    def _check_tokenizer(self) -> None:
+        """The dataset a run resumes on must have the tokenizer it was trained with: the same
+        ids with other meanings would train on noise without any error."""
+        ours = self.run_dir / "tokenizer"
+        data = Path(self.cfg.data.path)
+        theirs = data / self.manifest["tokenizer"]["dir"]
+        if not ours.is_dir():  # a run from before runs kept their tokenizer
+            return
+
+        def files(d: Path) -> dict[str, bytes]:
+            return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+        if files(ours) != files(theirs):
+            raise ConfigError(f"the dataset at {data} has another tokenizer than the one "
+                              f"{self.run_dir} was trained with ({ours}); resume with the run's "
+                              "own data.path, or start a new run on this dataset")
 
     # --- hidden state of the streams (recurrent models) --------------------------------
 

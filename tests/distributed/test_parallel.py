@@ -171,20 +171,26 @@ def test_elastic_restart_after_a_killed_worker_continues_the_run(work):
              "--train.batch_size=4", "--train.record_samples=false"]
     run(torchrun(2, *steps, "--run.dir=runs/straight"), cwd=work)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # A restarted gloo group has been seen to hang in its rendezvous now and then: a short
-    # collective timeout turns that into one more restart instead of a stalled test.
-    proc = subprocess.Popen(torchrun(2, *steps, "--run.dir=runs/elastic",
-                                     "--parallel.timeout_s=20", extra=["--max-restarts=3"]),
-                            cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
-    wait_for_step(work / "runs" / "elastic" / "metrics.jsonl", 150, proc)
-    workers = children(proc.pid)
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)
+    # Now and then (about one time in three here) every restarted gloo group fails to form:
+    # torch's connectFullMesh is refused or times out before lmforge's code runs. That is
+    # torchrun's restart, not the resume under test, so the scenario is tried again then.
+    for attempt in range(3):
+        name = f"elastic-{attempt}"
+        # a short collective timeout turns a hung restart into one more restart
+        proc = subprocess.Popen(torchrun(2, *steps, f"--run.dir=runs/{name}",
+                                         "--parallel.timeout_s=20", extra=["--max-restarts=3"]),
+                                cwd=work, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        wait_for_step(work / "runs" / name / "metrics.jsonl", 150, proc)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode == 0 or "connectFullMesh failed" not in err:
+            break
     assert proc.returncode == 0, err[-3000:]
     assert re.search(r"restart \d: continuing", err) and "resumed from" in err
-    straight, elastic = (records(work / "runs" / name, "train") for name in ("straight", "elastic"))
+    straight, elastic = (records(work / "runs" / n, "train") for n in ("straight", name))
     assert sorted(elastic) == list(range(1, 601))
     assert all(elastic[s]["loss"] == straight[s]["loss"] for s in straight)
 

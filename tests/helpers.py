@@ -49,3 +49,12 @@ def kill_after(args, *, marker: Path, cwd, threads: int | None = None, timeout: 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def json_corpus(tmp_path_factory, name: str) -> Path:
+    """A fresh work directory whose data/json holds the json package's sources, prepared with
+    a char tokenizer: the small real corpus of the end-to-end tests."""
+    work = tmp_path_factory.mktemp(name)
+    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
+            "--out", "data/json", cwd=work, threads=1)
+    return work

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import STDLIB, lmforge, records, train_losses
+from helpers import json_corpus, lmforge, records, train_losses
 
 # A tiny model on a small real corpus, one thread per process.
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
@@ -21,11 +21,7 @@ STEPS = ["--train.max_steps=600"]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The json package's sources, prepared with a char tokenizer."""
-    work = tmp_path_factory.mktemp("crash")
-    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
-            "--out", "data/json", cwd=work, threads=1)
-    return work
+    return json_corpus(tmp_path_factory, "crash")
 
 
 def start(*args, cwd):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import STDLIB, lmforge
+from helpers import json_corpus, lmforge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,11 +46,7 @@ def assert_clean_failure(proc_or_rc, stderr: str, verb: str) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The json package's sources, prepared with a char tokenizer."""
-    work = tmp_path_factory.mktemp("hostile")
-    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
-            "--out", "data/json", cwd=work, threads=1)
-    return work
+    return json_corpus(tmp_path_factory, "hostile")
 
 
 # ---------------------------------------------------------------- corpus bytes -> prepare

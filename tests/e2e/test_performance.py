@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import STDLIB, lmforge, records
+from helpers import json_corpus, lmforge, records
 
 TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
         "--train.batch_size=4", "--data.path=data/json", "--data.source="]
@@ -11,10 +11,7 @@ TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.b
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    work = tmp_path_factory.mktemp("perf")
-    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
-            "--out", "data/json", cwd=work)
-    return work
+    return json_corpus(tmp_path_factory, "perf")
 
 
 def test_bench_prints_throughput_and_mfu_and_saves_nothing(work):

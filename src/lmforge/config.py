@@ -144,8 +144,9 @@ class TrainConfig:
     max_steps: int = option(2000, "Optimizer steps to train for; also the horizon of the schedule.")
     max_minutes: float = option(0.0, "Stop after this many minutes of training (0: no limit).")
     log_every: int = option(10, "Write train metrics every N steps.")
-    precision: str = option("auto", "Compute precision: auto is bf16 autocast on GPUs that support "
-                                    "it and fp32 elsewhere.", choices=("auto", "fp32", "bf16"))
+    precision: str = option("auto", "Compute precision: auto is bf16 autocast where the hardware "
+                                    "computes in bf16 natively (recent GPUs; CPUs with "
+                                    "AVX512-BF16 or AMX) and fp32 elsewhere.", choices=("auto", "fp32", "bf16"))
     device: str = option("auto", "Device: auto, cpu, cuda, cuda:N or mps.")
     threads: int = option(0, "CPU threads for torch (0: torch's default).")
     progress: bool = option(True, "Show a progress bar on the terminal.")

@@ -27,7 +27,8 @@ STEPS = 20
 TINY = ["--model.n_layer=2", "--model.n_head=4", "--model.n_embd=32", "--model.block_size=32",
         "--train.log_every=1", "--train.progress=false", "--eval.every=10", "--eval.batches=2",
         "--eval.samples=0", "--checkpoint.every=10", "--optim.warmup_steps=5",
-        "--train.record_samples=true", "--data.path=data", "--data.source="]
+        "--train.record_samples=true", "--data.path=data", "--data.source=",
+        "--train.precision=fp32"]  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 GLOBAL_BATCH = 8
 
 

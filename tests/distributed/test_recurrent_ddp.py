@@ -23,7 +23,8 @@ TINY = ["--model.arch=lstm", "--model.n_layer=2", "--model.n_embd=32", "--model.
         f"--train.max_steps={STEPS}", "--train.log_every=1", "--train.progress=false",
         "--eval.every=6", "--eval.batches=2", "--eval.samples=0", "--checkpoint.every=6",
         "--checkpoint.keep_last=4", "--optim.warmup_steps=3", "--model.dropout=0.0",
-        "--data.path=data", "--data.source=", "--train.tensorboard=false", "--train.report=false"]
+        "--data.path=data", "--data.source=", "--train.tensorboard=false", "--train.report=false",
+        "--train.precision=fp32"]  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 GLOBAL_BATCH = 8
 
 

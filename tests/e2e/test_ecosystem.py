@@ -19,7 +19,8 @@ TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.b
         "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
         "--optim.warmup_steps=5", "--data.path=data/json",
         # one thread: a tiny model gains nothing from two, and loses much when the cores are busy
-        "--train.threads=1"]
+        "--train.threads=1",
+        "--train.precision=fp32"]  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 QUIET = ["--eval.samples=0", "--train.tensorboard=false", "--train.report=false"]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -14,7 +14,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models import MODELS, build_model
 from lmforge.models.gpt import GPT
-from lmforge.models.layers import CausalSelfAttention, KVCache, cache_mask, swiglu_hidden
+from lmforge.models.layers import CausalSelfAttention, KVCache, attention, cache_mask, swiglu_hidden
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -74,6 +74,24 @@ def test_attention_matches_float64_reference(pos):
     rope64 = rope_tables(8, 9, theta=theta, dtype=torch.float64) if theta else None
     out64 = attn64(x.double(), rope=rope64)
     torch.testing.assert_close(out64, ref, rtol=0, atol=1e-12)
+
+
+def test_bf16_attention_on_cpu_runs_in_float32_and_matches_it():
+    # Under autocast the projections hand attention bf16; on CPU it is computed in float32
+    # (the bf16 kernel's backward is ~6x slower) and handed back as bf16.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 16, 8, dtype=torch.float64) for _ in range(3))
+    low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(*low, mask=None, dropout_p=0.0, causal=True)
+    assert y.dtype == torch.bfloat16
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        *(t.detach().double() for t in low), is_causal=True)
+    # float32 inside: only the final rounding to bf16 (8-bit mantissa) is left
+    assert torch.allclose(y.double(), ref, atol=1e-2, rtol=1e-2)
+    y.float().square().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.isfinite().all()
+               for t in low)
 
 
 def test_cache_mask_lets_each_query_see_its_past():

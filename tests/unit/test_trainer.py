@@ -15,7 +15,9 @@ def tiny_config(dataset, run_dir, **extra):
                  "model.n_head": "2", "model.n_embd": "32", "model.block_size": "16",
                  "train.batch_size": "4", "train.max_steps": "30", "train.log_every": "1",
                  "train.progress": "false", "eval.every": "10", "eval.batches": "2",
-                 "checkpoint.every": "0", "model.dropout": "0.1", **extra}
+                 "checkpoint.every": "0", "model.dropout": "0.1",
+                 "train.precision": "fp32",  # compared at tight tolerances; bf16 below
+                 **extra}
     return load_config("default", overrides)
 
 
@@ -48,6 +50,32 @@ def test_resume_in_process_continues_the_same_run(dataset, tmp_path):
     assert second.counters.step == 13
     second.fit()
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_bf16_autocast_follows_the_fp32_losses(dataset, tmp_path):
+    # The bf16 path (autocast, attention in float32 on CPU) is the faster one where the CPU
+    # or GPU computes in bf16 natively; it must train as fp32 does, within what bf16's
+    # rounding of the activations allows.
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_config(dataset, tmp_path / precision, **{
+            "train.precision": precision, "model.dropout": "0.0", "train.max_steps": "60",
+            "eval.every": "0"})
+        Trainer(cfg, tmp_path / precision).fit()
+        runs[precision] = losses(tmp_path / precision)
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert len(fp32) == len(bf16) == 60 and fp32 != bf16  # really another path
+    assert max(abs(a - b) for a, b in zip(fp32, bf16, strict=True)) < 0.05
+    assert abs(sum(fp32[-10:]) - sum(bf16[-10:])) / 10 < 0.02
+    assert bf16[-1] < bf16[0] - 0.5
+
+
+def test_auto_precision_is_bf16_exactly_where_the_hardware_has_it():
+    from lmforge.train.trainer import cpu_has_native_bf16, uses_bf16
+
+    cpu = torch.device("cpu")
+    assert uses_bf16("auto", cpu) == cpu_has_native_bf16()
+    assert uses_bf16("bf16", cpu) and not uses_bf16("fp32", cpu)
 
 
 def test_gradient_accumulation_averages_micro_batches(dataset, tmp_path):

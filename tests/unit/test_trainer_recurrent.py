@@ -30,7 +30,9 @@ def tiny_config(dataset, run_dir, **extra):
                  "train.batch_size": "8", "train.max_steps": "40", "train.log_every": "1",
                  "train.progress": "false", "eval.every": "10", "eval.batches": "2",
                  "eval.samples": "0", "checkpoint.every": "0", "model.dropout": "0.1",
-                 "optim.warmup_steps": "5", "train.tensorboard": "false", **extra}
+                 "optim.warmup_steps": "5", "train.tensorboard": "false",
+                 "train.precision": "fp32",  # compared at tight tolerances
+                 **extra}
     return load_config("default", overrides)
 
 

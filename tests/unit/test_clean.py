@@ -74,6 +74,16 @@ def test_control_chars_keep_meaningful_format_characters():
     assert clean("x\ud800y", only(control_chars=True)) == "x\ufffdy"  # lone surrogate
 
 
+def test_control_chars_ascii_fast_path_removes_what_the_general_one_does():
+    # ASCII text takes a bytes.translate path; with one non-ASCII letter it takes the
+    # Unicode-category pattern. Both must drop the same ASCII characters.
+    every_ascii = "".join(map(chr, range(128)))
+    fast = clean(every_ascii, only(control_chars=True))
+    general = clean(every_ascii + "\u00e9", only(control_chars=True))
+    assert general == fast + "\u00e9"
+    assert fast == "\t\n\r" + "".join(map(chr, range(32, 127)))
+
+
 def test_whitespace_line_ends_trailing_blanks_and_blank_runs():
     text = "a \t\r\nb\rc   \n\n\n\n\nd\n    indented \n\tx  \n  \n\u3000y\u3000\n"
     assert clean(text, only(whitespace=True)) == \

@@ -24,15 +24,18 @@ from lmforge.errors import DataError
 SPLITS = ("modapte",)
 ARCHIVE_NAME = "reuters21578.tar.gz"
 
-_DOC = re.compile(rb"<REUTERS\b([^>]*)>(.*?)</REUTERS>", re.DOTALL)
 _ATTR = re.compile(r'(\w+)="([^"]*)"')
-_D = re.compile(r"<D>(.*?)</D>", re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
 # Wire-service codes (&#2; starts a story, &#3; ends it, &#5;, &#22;, ...): every C0
 # control but newline and tab, and DEL. Removed after entities are decoded.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROLS = "".join(map(chr, [*range(0x09), *range(0x0B, 0x20), 0x7F]))
+_CONTROL_TABLE = dict.fromkeys(map(ord, _CONTROLS))
 # ModApte: the documents with TOPICS="YES"; Lewis's TRAIN part trains, his TEST part tests.
 _MODAPTE = {"TRAIN": TRAIN, "TEST": VAL}
+# The top-level fields of a <REUTERS> element before its TEXT, found in one scan of that
+# short head; TEXT comes last, and TITLE and BODY inside it.
+_FIELDS = re.compile(r"<(DATE|TOPICS|PLACES|PEOPLE|ORGS|EXCHANGES)>(.*?)</\1>", re.DOTALL)
+_NAME_END = frozenset(" \t\n\r>")
 
 
 def check_split(split: str) -> None:
@@ -41,31 +44,39 @@ def check_split(split: str) -> None:
                         f"{', '.join(SPLITS)} (or no split, to split by document hash)")
 
 
-# The top-level fields of a <REUTERS> element, found in one scan; then TITLE and BODY inside TEXT.
-_FIELDS = re.compile(r"<(DATE|TOPICS|PLACES|PEOPLE|ORGS|EXCHANGES|TEXT)\b[^>]*>(.*?)</\1>",
-                     re.DOTALL)
-_TITLE = re.compile(r"<TITLE>(.*?)</TITLE>", re.DOTALL)
-_BODY = re.compile(r"<BODY>(.*?)</BODY>", re.DOTALL)
+# Long spans (whole elements, TEXT, BODY) are cut out with str.find rather than lazy `.*?`
+# regular expressions, which cost several times more per kilobyte; parsing is what the
+# workers spend most on after tokenizing (benchmarks/prepare_throughput.py).
 
-
-def _inner(pattern: re.Pattern[str], text: str) -> str | None:
-    match = pattern.search(text)
-    return match.group(1) if match else None
+def _element(text: str, name: str, start: int = 0, stop: int | None = None) -> str | None:
+    """The content of the first <name ...>...</name> in text[start:stop], or None."""
+    open_tag, stop = "<" + name, len(text) if stop is None else stop
+    at = text.find(open_tag, start, stop)
+    while at >= 0 and text[at + len(open_tag):at + len(open_tag) + 1] not in _NAME_END:
+        at = text.find(open_tag, at + 1, stop)  # <DATELINE> is not <DATE>
+    if at < 0:
+        return None
+    inner = text.find(">", at, stop)
+    close = text.find(f"</{name}>", inner, stop) if inner >= 0 else -1
+    return text[inner + 1:close] if close >= 0 else None
 
 
 def _clean(sgml: str) -> str:
     if "&" in sgml:  # unescape is the costly part, and most fields have no entity
         sgml = html.unescape(sgml)
-    return _CONTROL.sub("", sgml).strip()
+    if not sgml.isprintable():  # tabs and newlines too, but most codes are one word
+        sgml = sgml.translate(_CONTROL_TABLE)
+    return sgml.strip()
 
 
 def _codes(fields: dict[str, str], name: str) -> list[str]:
-    return [_clean(d) for d in _D.findall(fields.get(name, ""))]
+    field = fields.get(name)  # "<D>usa</D><D>uk</D>", most often empty
+    return [_clean(d.partition("</D>")[0]) for d in field.split("<D>")[1:]] if field else []
 
 
 def _text(text: str) -> str:
     """Title and body; BRIEF stories have only a title, UNPROC ones only raw TEXT."""
-    title, story = _inner(_TITLE, text), _inner(_BODY, text)
+    title, story = _element(text, "TITLE"), _element(text, "BODY")
     title = _clean(title) if title is not None else ""
     if story is not None:
         story = _clean(story)
@@ -74,19 +85,33 @@ def _text(text: str) -> str:
     return title or _clean(_TAG.sub("", text))
 
 
+def _elements(data: bytes) -> Iterator[tuple[int, bytes, bytes]]:
+    """(offset, attributes, content) of each complete <REUTERS ...>...</REUTERS> in data."""
+    at = data.find(b"<REUTERS")
+    while at >= 0:
+        head = data.find(b">", at)
+        end = data.find(b"</REUTERS>", head) if head >= 0 else -1
+        if end < 0:
+            return
+        if data[at + 8:at + 9] in (b" ", b"\t", b"\n", b"\r", b">"):
+            yield at, data[at + 8:head], data[head + 1:end]
+        at = data.find(b"<REUTERS", end)
+
+
 def parse(data: bytes, *, source: str, split: str, stats: SourceStats) -> Iterator[Document]:
     """The documents of one .sgm file's bytes (the `split` already checked)."""
-    for match in _DOC.finditer(data):
+    for offset, head, content in _elements(data):
         # The files are ASCII but for one stray wire byte (0xFC in reut2-017.sgm, in NEWID
         # 17980) that is noise, not a letter: U+FFFD says so, where latin-1 would make a 'ü'.
-        attrs = dict(_ATTR.findall(decode(match.group(1), stats)))
-        body = decode(match.group(2), stats)
+        attrs = dict(_ATTR.findall(decode(head, stats)))
+        body = decode(content, stats)
         try:
             newid = int(attrs["NEWID"])
         except (KeyError, ValueError):
-            raise DataError(f"{source}: a <REUTERS> element at byte {match.start():,} has no "
+            raise DataError(f"{source}: a <REUTERS> element at byte {offset:,} has no "
                             "numeric NEWID; is this a Reuters-21578 file?") from None
-        fields = dict(_FIELDS.findall(body))
+        text_at = body.find("<TEXT")
+        fields = dict(_FIELDS.findall(body, 0, text_at if text_at >= 0 else len(body)))
         meta: dict = {
             "topics": _codes(fields, "TOPICS"), "places": _codes(fields, "PLACES"),
             "people": _codes(fields, "PEOPLE"), "orgs": _codes(fields, "ORGS"),
@@ -99,7 +124,8 @@ def parse(data: bytes, *, source: str, split: str, stats: SourceStats) -> Iterat
             if part is None:
                 continue
             meta["split"] = part
-        yield Document(text=_text(fields.get("TEXT", "")), id=f"reuters:{newid}", meta=meta)
+        text = _element(body, "TEXT", max(text_at, 0)) if text_at >= 0 else None
+        yield Document(text=_text(text or ""), id=f"reuters:{newid}", meta=meta)
 
 
 def members(stream: IO[bytes], source: str) -> list[tuple[str, bytes]]:

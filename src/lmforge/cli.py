@@ -53,9 +53,13 @@ def build_parser() -> Parser:
                         "'stdlib' (the Python standard library), nltk:NAME, hf:NAME[:CONFIG], "
                         "a URL, or 'tinyshakespeare'")
     p.add_argument("--out", required=True, type=Path, help="directory for the prepared dataset")
-    p.add_argument("--tokenizer", default="bpe", choices=("bpe", "char", "byte"),
+    p.add_argument("--tokenizer", default=None, choices=("bpe", "char", "byte"),
                    help="tokenizer to train (default: bpe)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="bpe vocabulary size (default: 8192)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="bpe vocabulary size (default: 8192)")
+    p.add_argument("--tokenizer-from", type=Path, metavar="PATH",
+                   help="use the tokenizer of a prepared dataset, a run or a tokenizer directory "
+                        "instead of training one (to evaluate or fine-tune a model on new text)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the corpus held out for validation (default: 0.1)")
     p.add_argument("--text-field", default="text",

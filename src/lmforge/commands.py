@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from lmforge.config import Config, load_config, recipe_path, set_value
 from lmforge.data import shards
 from lmforge.data.document import SourceOptions
 from lmforge.data.prepare import prepare
+from lmforge.data.tokenizer import tokenizer_digest
 from lmforge.distributed import elastic, env
 from lmforge.distributed.env import SINGLE
 from lmforge.errors import DataError, LmforgeError
@@ -27,7 +27,10 @@ from lmforge.train.trainer import Trainer, resolve_device
 
 
 def prepare_command(args: argparse.Namespace, *, overrides: dict[str, str]) -> int:
-    if args.vocab_size < 1:
+    if args.tokenizer_from is not None and (args.tokenizer or args.vocab_size is not None):
+        raise LmforgeError("--tokenizer-from gives the tokenizer; drop --tokenizer and "
+                           "--vocab-size, or drop --tokenizer-from to train one")
+    if args.vocab_size is not None and args.vocab_size < 1:
         raise LmforgeError(f"--vocab-size must be positive, got {args.vocab_size}")
     if not 0.0 < args.val_fraction < 1.0:
         raise LmforgeError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
@@ -38,10 +41,12 @@ def prepare_command(args: argparse.Namespace, *, overrides: dict[str, str]) -> i
         if not key.startswith("clean."):
             raise LmforgeError(f"prepare takes --clean.* options, not --{key}")
         set_value(cfg, key, value)
-    prepare(args.data, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+    prepare(args.data, args.out, tokenizer=args.tokenizer or "bpe",
+            vocab_size=8192 if args.vocab_size is None else args.vocab_size,
             val_fraction=args.val_fraction, clean=cfg.clean, workers=args.workers,
             options=SourceOptions(text_field=args.text_field, split=args.split),
-            shard_tokens=args.shard_tokens, log=log, progress=not args.no_progress)
+            shard_tokens=args.shard_tokens, log=log, progress=not args.no_progress,
+            tokenizer_from=args.tokenizer_from)
     return 0
 
 
@@ -184,13 +189,6 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokenizer_digest(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def eval_command(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.batches < 0:
         raise LmforgeError(f"need --batch-size >= 1 and --batches >= 0 (0: the whole split); got "
@@ -199,9 +197,10 @@ def eval_command(args: argparse.Namespace) -> int:
     run = load_run(args.run, which=args.checkpoint, device=str(device))
     data_dir = args.data or Path(run.cfg.data.path)
     manifest = shards.verify(data_dir)
-    if _tokenizer_digest(data_dir / manifest["tokenizer"]["dir"]) != _tokenizer_digest(args.run / "tokenizer"):
+    if tokenizer_digest(data_dir / manifest["tokenizer"]["dir"]) != tokenizer_digest(args.run / "tokenizer"):
         raise DataError(f"{data_dir} was tokenized with another tokenizer than {args.run}; "
-                        f"prepare it with the run's tokenizer or evaluate on the run's own data")
+                        f"prepare it with the run's (lmforge prepare --tokenizer-from {args.run} "
+                        "…) or evaluate on the run's own data")
     if args.split not in manifest["splits"]:
         raise DataError(f"{data_dir} has no split '{args.split}'; it has {', '.join(manifest['splits'])}")
     tokens = shards.open_split(data_dir, args.split)

@@ -1,6 +1,7 @@
 """The CLI as a user runs it: real subprocesses, real files, a real SIGKILL."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -113,6 +114,12 @@ def test_resume_with_another_model_shape_is_refused(corpus):
                    check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "another tokenizer" in proc.stderr and "data/tool" in proc.stderr
+    # The way out: the same text prepared with the run's own tokenizer evaluates.
+    lmforge("prepare", "--data", str(STDLIB / "json" / "tool.py"), "--tokenizer-from",
+            "runs/shape", "--out", "data/tool-same", cwd=corpus)
+    result = json.loads(lmforge("eval", "runs/shape", "--data", "data/tool-same", "--json",
+                                cwd=corpus).stdout)
+    assert result["data"].endswith("data/tool-same") and math.isfinite(result["loss"])
 
 
 def test_help_lists_every_verb_and_field(corpus):

@@ -37,7 +37,8 @@ class WorkerPool:
     """Worker processes that serve several ordered maps, so that a pipeline of passes
     (prepare's clean pass, then its tokenize pass) spawns processes and imports modules once.
     Tasks carry what they need, or cache it per process; the processes start at the first
-    map. workers=0 runs every map in this process (no start-up cost, for small inputs)."""
+    map or at start(). workers=0 runs every map in this process (no start-up cost, for small
+    inputs)."""
 
     def __init__(self, workers: int, *, initializer: Callable[..., None] | None = None,
                  initargs: tuple[Any, ...] = ()) -> None:
@@ -54,10 +55,7 @@ class WorkerPool:
                 self._initializer(*self._initargs)
             yield from map(fn, items)
             return
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.workers, initializer=_in_worker,
-                                  initargs=(self._initializer, self._initargs))
+        self.start()
         limit = max_in_flight or 2 * self.workers + 2
         pending: deque = deque()
         for item in items:
@@ -66,6 +64,14 @@ class WorkerPool:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+    def start(self) -> None:
+        """Start the processes now (else at the first map): they import while this process
+        goes on, e.g. reading the first input, instead of after it."""
+        if self.workers > 0 and self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ctx.Pool(self.workers, initializer=_in_worker,
+                                  initargs=(self._initializer, self._initargs))
 
     def close(self) -> None:
         if self._pool is not None:

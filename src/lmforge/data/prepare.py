@@ -33,7 +33,13 @@ from lmforge.data.report import (
 )
 from lmforge.data.shards import ShardWriter, dtype_for
 from lmforge.data.sources import SourceStats, fingerprint, iter_units, source_files
-from lmforge.data.tokenizer import KINDS, train_tokenizer
+from lmforge.data.tokenizer import (
+    KINDS,
+    find_tokenizer,
+    load_tokenizer,
+    tokenizer_digest,
+    train_tokenizer,
+)
 from lmforge.errors import DataError
 
 TOKENIZER_DIR = "tokenizer"
@@ -52,6 +58,7 @@ class _Run:
     pool: WorkerPool  # both passes share its processes
     log: Callable[[str], None]
     show_progress: bool
+    tokenizer_from: Path | None = None  # a tokenizer directory to use instead of training one
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def progress(self, desc: str, total: int | None) -> tqdm:
@@ -62,6 +69,7 @@ class _Run:
 
 def _read_and_clean(run: _Run, tmp: Path) -> tuple[stages.Spool, SourceStats, CleanStats]:
     t0 = time.perf_counter()
+    run.pool.start()  # the workers import while the sources are opened and read
     src_stats, clean_stats = SourceStats(), CleanStats()
     files = source_files(run.sources, run.options)
     total = sum(p.stat().st_size for p in files) or None
@@ -84,10 +92,16 @@ def _read_and_clean(run: _Run, tmp: Path) -> tuple[stages.Spool, SourceStats, Cl
 def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str, Any], stages.SplitCounts]:
     t0 = time.perf_counter()
     s = run.settings
-    tok = train_tokenizer(s["tokenizer"], stages.spooled_texts(spool), vocab_size=s["vocab_size"])
-    tok.save(tmp / TOKENIZER_DIR)
-    run.timing["tokenizer"] = time.perf_counter() - t0
-    run.log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} in {run.timing['tokenizer']:.1f}s")
+    if run.tokenizer_from is not None:
+        tok = load_tokenizer(tmp / TOKENIZER_DIR)
+        run.timing["tokenizer"] = 0.0
+        run.log(f"{tok.kind} tokenizer of {run.tokenizer_from}: vocabulary {tok.vocab_size:,}")
+    else:
+        tok = train_tokenizer(s["tokenizer"], stages.spooled_texts(spool), vocab_size=s["vocab_size"])
+        tok.save(tmp / TOKENIZER_DIR)
+        run.timing["tokenizer"] = time.perf_counter() - t0
+        run.log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} in "
+                f"{run.timing['tokenizer']:.1f}s")
     t0 = time.perf_counter()
     dtype = dtype_for(tok.vocab_size)
     with ShardWriter(tmp, TRAIN, dtype, shard_tokens=s["shard_tokens"]) as train, \
@@ -113,6 +127,8 @@ def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str,
 
 
 def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
+    if run.tokenizer_from is not None:
+        shutil.copytree(run.tokenizer_from, tmp / TOKENIZER_DIR)  # the same bytes: the same ids
     spool, src_stats, clean_stats = _read_and_clean(run, tmp)
     tok, splits, counts = _tokenize(run, tmp, spool)
     pos = None
@@ -201,7 +217,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _settings(sources: list[str], *, tokenizer: str, vocab_size: int, val_fraction: float,
-              options: SourceOptions, clean: CleanConfig, shard_tokens: int) -> dict[str, Any]:
+              options: SourceOptions, clean: CleanConfig, shard_tokens: int,
+              tokenizer_sha256: str = "") -> dict[str, Any]:
     if not sources:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
     if tokenizer not in KINDS:
@@ -216,27 +233,39 @@ def _settings(sources: list[str], *, tokenizer: str, vocab_size: int, val_fracti
     # Only bpe learns a vocabulary of a chosen size; char and byte ignore vocab_size, so it
     # must not make an otherwise identical dataset look different. The worker count is not
     # here either: it never changes the result.
-    return {"sources": list(sources), "tokenizer": tokenizer,
-            "vocab_size": vocab_size if tokenizer == "bpe" else 0, "val_fraction": val_fraction,
-            "text_field": options.text_field, "split": options.split,
-            "clean": dataclasses.asdict(clean), "shard_tokens": shard_tokens}
+    settings = {"sources": list(sources), "tokenizer": tokenizer,
+                "vocab_size": vocab_size if tokenizer == "bpe" else 0,
+                "val_fraction": val_fraction, "text_field": options.text_field,
+                "split": options.split, "clean": dataclasses.asdict(clean),
+                "shard_tokens": shard_tokens}
+    if tokenizer_sha256:  # a given tokenizer, known by its files (only then: older datasets
+        settings["tokenizer_sha256"] = tokenizer_sha256  # keep comparing equal)
+    return settings
 
 
 def prepare(sources: list[str], out: Path, *, tokenizer: str = "bpe", vocab_size: int = 8192,
             val_fraction: float = 0.1, clean: CleanConfig | None = None,
             options: SourceOptions | None = None, workers: int = 0,
             shard_tokens: int = 100_000_000, log: Callable[[str], None] = print,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, tokenizer_from: Path | None = None) -> dict[str, Any]:
     """Prepare `sources` into the dataset directory `out` and return its manifest.
 
-    workers=0 uses one worker process per CPU core, or none for inputs too small to gain."""
+    workers=0 uses one worker process per CPU core, or none for inputs too small to gain.
+    tokenizer_from (a tokenizer directory, a prepared dataset or a run) gives the tokenizer
+    instead of training one, as evaluating or fine-tuning a model on new text needs; then
+    `tokenizer` and `vocab_size` are its own."""
     t0 = time.perf_counter()
     out = Path(out)
     options = options or SourceOptions()
     clean = clean or CleanConfig()
+    digest = ""
+    if tokenizer_from is not None:
+        tokenizer_from = find_tokenizer(Path(tokenizer_from))
+        given = load_tokenizer(tokenizer_from)
+        tokenizer, vocab_size, digest = given.kind, given.vocab_size, tokenizer_digest(tokenizer_from)
     settings = _settings(sources, tokenizer=tokenizer, vocab_size=vocab_size,
                          val_fraction=val_fraction, options=options, clean=clean,
-                         shard_tokens=shard_tokens)
+                         shard_tokens=shard_tokens, tokenizer_sha256=digest)
     fp = fingerprint(settings["sources"], options)
     reused = _existing(out, settings, fp, log)
     if reused is not None:
@@ -253,7 +282,7 @@ def prepare(sources: list[str], out: Path, *, tokenizer: str = "bpe", vocab_size
     try:
         with WorkerPool(workers) as pool:
             run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
-                       pool=pool, log=log, show_progress=progress)
+                       pool=pool, log=log, show_progress=progress, tokenizer_from=tokenizer_from)
             manifest = _build(run, tmp, fp)
         try:
             _move_into_place(tmp, out)

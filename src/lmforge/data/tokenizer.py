@@ -12,6 +12,7 @@ which kind it is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -208,3 +209,22 @@ def load_tokenizer(directory: Path) -> Tokenizer:
                             "prepare the dataset again") from None
         return BpeTokenizer(hf)
     raise DataError(f"{meta_path}: unknown tokenizer kind '{kind}'; prepare the dataset again")
+
+
+def tokenizer_digest(directory: Path) -> str:
+    """sha256 over a tokenizer directory's files: equal exactly when the ids mean the same."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def find_tokenizer(path: Path) -> Path:
+    """The tokenizer directory of `path`: a tokenizer directory itself, or a prepared dataset
+    or a run directory that holds one in tokenizer/."""
+    path = Path(path)
+    for directory in (path, path / "tokenizer"):
+        if (directory / META_FILE).is_file():
+            return directory
+    raise DataError(f"no tokenizer at {path}; give a prepared dataset, a run directory or a "
+                    f"tokenizer directory (one holding {META_FILE})")

@@ -33,7 +33,7 @@ from lmforge import STARTED_AT, checkpoint
 from lmforge.config import Config
 from lmforge.data import shards
 from lmforge.data.loader import RandomWindows, Streams
-from lmforge.data.tokenizer import load_tokenizer
+from lmforge.data.tokenizer import load_tokenizer, tokenizer_digest
 from lmforge.distributed import env
 from lmforge.distributed.env import SINGLE, DistInfo
 from lmforge.distributed.parallelize import (
@@ -269,11 +269,7 @@ class Trainer:
         theirs = data / self.manifest["tokenizer"]["dir"]
         if not ours.is_dir():  # a run from before runs kept their tokenizer
             return
-
-        def files(d: Path) -> dict[str, bytes]:
-            return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
-
-        if files(ours) != files(theirs):
+        if tokenizer_digest(ours) != tokenizer_digest(theirs):
             raise ConfigError(f"the dataset at {data} has another tokenizer than the one "
                               f"{self.run_dir} was trained with ({ours}); resume with the run's "
                               "own data.path, or start a new run on this dataset")

@@ -18,9 +18,11 @@ other tokens than the pipeline writes; the difference in speed is within noise).
 What bounds the ratio: the pipeline encodes the same text as raw does, with the same
 library on the same cores, and also parses and cleans it first, so on a machine with
 nothing else running ratio <= encode / (encode + parse + clean) in CPU seconds; on Reuters
-(measured single-threaded: encode 3.6 s, SGML parse 0.7 s, clean and duplicate keys 0.45 s,
-spool lines and reading them back 0.2 s, token arrays 0.15 s) that is about 0.7 before any
-start-up or hand-over cost.
+(measured single-threaded: encode 3.6-4.0 s, SGML parse 0.31 s, cleaning 0.14 s, duplicate
+keys 0.16 s, spool lines and reading them back 0.2 s, token arrays 0.15 s) that is about
+0.8 before any start-up or hand-over cost: spawning the workers (0.18 s), reading the
+archive before the first unit can be handed out (0.14 s, longer while the workers import),
+and the main process's share of the cores.
 
     python benchmarks/prepare_throughput.py [--reuters PATH] [--size-gb 1.0]   (0: Reuters only)
 

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             from lmforge.commands import train_command
             return train_command(recipe=args.recipe, resume=args.resume, overrides=overrides)
         if args.verb == "prepare":
-            from lmforge.commands import prepare_command
+            from lmforge.data.command import prepare_command
             return prepare_command(args, overrides=overrides)
         if args.verb == "bench":
             from lmforge.bench import bench_command

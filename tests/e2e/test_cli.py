@@ -144,6 +144,20 @@ def test_help_does_not_import_torch(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_prepare_does_not_import_torch(tmp_path):
+    """Preparing data needs no torch, and importing it would cost more than small prepares."""
+    (tmp_path / "a.txt").write_text("some text to prepare\n" * 100)
+    probe = ("import sys\nfrom lmforge.cli import main\n"
+             "code = main(['prepare', '--data', 'a.txt', '--tokenizer', 'bpe', '--vocab-size',"
+             " '300', '--out', 'ds', '--no-progress'])\n"
+             "print(code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 False"
+    assert (tmp_path / "ds" / "manifest.json").is_file()
+
+
 @pytest.mark.slow
 def test_default_job_prepares_stdlib_and_trains(tmp_path):
     """`lmforge train` with no arguments, shortened: prepares the stdlib with BPE, trains, samples."""

@@ -132,29 +132,29 @@ def test_help_lists_every_verb_and_field(corpus):
         assert verb in top
 
 
-def test_help_does_not_import_torch(tmp_path):
-    """Help is instant: the verbs import torch only when they run."""
+def torch_imported(cwd, *argvs: list[str]) -> bool:
+    """Whether running `lmforge ARGV` for each argv, in one fresh process, imported torch."""
     probe = ("import sys\nfrom lmforge.cli import main\n"
-             "for argv in (['--help'], ['train', '--help'], ['bench', '--help']):\n"
-             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             f"for argv in {list(argvs)!r}:\n"
+             "    try:\n        assert main(argv) == 0\n    except SystemExit as e:\n"
+             "        assert e.code == 0\n"
              "print('torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, text=True,
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=cwd, text=True,
                           capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "False"
+    return proc.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_help_does_not_import_torch(tmp_path):
+    """Help is instant: the verbs import torch only when they run."""
+    assert not torch_imported(tmp_path, ["--help"], ["train", "--help"], ["bench", "--help"])
 
 
 def test_prepare_does_not_import_torch(tmp_path):
     """Preparing data needs no torch, and importing it would cost more than small prepares."""
     (tmp_path / "a.txt").write_text("some text to prepare\n" * 100)
-    probe = ("import sys\nfrom lmforge.cli import main\n"
-             "code = main(['prepare', '--data', 'a.txt', '--tokenizer', 'bpe', '--vocab-size',"
-             " '300', '--out', 'ds', '--no-progress'])\n"
-             "print(code, 'torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "0 False"
+    assert not torch_imported(tmp_path, ["prepare", "--data", "a.txt", "--tokenizer", "bpe",
+                                         "--vocab-size", "300", "--out", "ds", "--no-progress"])
     assert (tmp_path / "ds" / "manifest.json").is_file()
 
 

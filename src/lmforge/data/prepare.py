@@ -238,8 +238,10 @@ def _settings(sources: list[str], *, tokenizer: str, vocab_size: int, val_fracti
                 "val_fraction": val_fraction, "text_field": options.text_field,
                 "split": options.split, "clean": dataclasses.asdict(clean),
                 "shard_tokens": shard_tokens}
-    if tokenizer_sha256:  # a given tokenizer, known by its files (only then: older datasets
-        settings["tokenizer_sha256"] = tokenizer_sha256  # keep comparing equal)
+    # A given tokenizer is known by its files. The key is there only then, so that datasets
+    # prepared before it existed still compare equal.
+    if tokenizer_sha256:
+        settings["tokenizer_sha256"] = tokenizer_sha256
     return settings
 
 

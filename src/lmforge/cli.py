@@ -212,6 +212,9 @@ def _hand_to_torchrun(nproc: int, argv: list[str]) -> int:
             rest.append(arg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "lmforge", *rest]
+    from lmforge.distributed.elastic import NO_SHARED_STORE  # restarts must not read stale keys
+
+    os.environ.setdefault(NO_SHARED_STORE, "1")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, cmd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def _setup_run(recipe: str | None, resume: Path | None,
         return read_run_config(resume, overrides), resume, True
     cfg = load_config(recipe, overrides)
     init_note = init_from.resolve_config(cfg, explicit=overrides) if cfg.run.init_from else ""
+    warning = elastic.shared_store_warning(dict(os.environ))
+    if warning and env.restart_count() == 0:
+        log(warning)
     restarting = env.restart_count() > 0
     if restarting:  # torchrun restarted the group after a failure: continue the run
         run_dir = elastic.find_run(cfg)

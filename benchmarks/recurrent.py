@@ -19,18 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def lmforge(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lmforge", *args]
-    return subprocess.run(cmd, check=True, text=True, capture_output=capture, cwd=ROOT)
+from common import DEFAULT_DATA, ROOT, lmforge, prepare_char
 
 
 def measure(arch: str, *, data_dir: Path, out: Path, minutes: float | None) -> dict[str, float]:
@@ -59,12 +51,7 @@ def main() -> None:
     parser.add_argument("--archs", default="lstm,gru,rnn", help="recipes <arch>_char to run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"tinyshakespeare.txt not found at {args.data}; pass --data PATH")
-
-    data_dir = args.out / "shakespeare_char"
-    lmforge("prepare", "--data", str(args.data), "--tokenizer", "char", "--out", str(data_dir),
-            "--no-progress")
+    data_dir = prepare_char(args.data, args.out)
     results = {arch: measure(arch, data_dir=data_dir, out=args.out, minutes=args.minutes)
                for arch in args.archs.split(",")}
 

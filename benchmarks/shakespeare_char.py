@@ -25,14 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
-
-def lmforge(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lmforge", *args]
-    return subprocess.run(cmd, check=True, text=True, capture_output=capture, cwd=ROOT)
-
+from common import DEFAULT_DATA, ROOT, lmforge, prepare_char
 
 NANOGPT_TOKENS_PER_S = 25_000  # ../shared/REFERENCE.md, the same recipe on a 2-core CPU
 
@@ -66,11 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (recipe: 2000)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"tinyshakespeare.txt not found at {args.data}; pass --data PATH")
-
-    data_dir = args.out / "shakespeare_char"
-    lmforge("prepare", "--data", str(args.data), "--tokenizer", "char", "--out", str(data_dir))
+    data_dir = prepare_char(args.data, args.out)
     fp32 = train(data_dir, args.out, args.steps, "--train.precision=fp32")
     run = train(data_dir, args.out, args.steps)
     for name, r in (("fp32 (as nanoGPT)", fp32), (f"recipe ({run['precision']})", run)):

@@ -18,28 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+from common import DEFAULT_DATA, ROOT, lmforge, prepare_char
+
 GPT = "shakespeare_char_fast"
-
-
-def lmforge(*args: str) -> None:
-    cmd = [sys.executable, "-m", "lmforge", *args]
-    proc = subprocess.run(cmd, text=True, capture_output=True, cwd=ROOT)
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
 
 
 def train(recipe: str, *, data: Path, out: Path) -> tuple[float, float]:
     """(wall seconds of `lmforge train`, its final validation loss on the whole split)."""
     run = out / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
-    lmforge("train", recipe, f"--data.path={data}", f"--run.dir={run}", "--train.progress=false")
+    lmforge("train", recipe, f"--data.path={data}", f"--run.dir={run}", "--train.progress=false",
+            capture=True)
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     config = (run / "config.toml").read_text()
@@ -53,11 +45,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.886, help="validation loss to reach")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "time_to_loss")
     args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"tinyshakespeare.txt not found at {args.data}; pass --data PATH")
-    data = args.out / "shakespeare_char"
-    lmforge("prepare", "--data", str(args.data), "--tokenizer", "char", "--out", str(data),
-            "--no-progress")
+    data = prepare_char(args.data, args.out)
     recipes = [GPT] + sorted(p.stem for p in (ROOT / "configs").glob("*_fast.toml")
                              if p.stem != GPT)
     results = {}

@@ -28,7 +28,7 @@ from lmforge.config import load_config, recipe_path
 from lmforge.errors import LmforgeError
 from lmforge.train import mfu
 from lmforge.train.metrics import log
-from lmforge.train.trainer import Trainer, uses_bf16
+from lmforge.train.trainer import Trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +65,7 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
         tokens_per_step = trainer.train_data.global_batch * cfg.model.block_size
         params = trainer.raw_model.num_params()
         flops = trainer.flops_per_token
-    dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, device) else torch.float32
+        dtype = trainer.compute_dtype
     peak, source = mfu.peak_flops(device, dtype, configured_tflops=cfg.train.peak_tflops,
                                   remeasure=True)
     tokens_per_s = tokens_per_step * len(times) / sum(times)

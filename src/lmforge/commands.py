@@ -55,10 +55,10 @@ def _setup_run(recipe: str | None, resume: Path | None,
         return read_run_config(resume, overrides), resume, True
     cfg = load_config(recipe, overrides)
     init_note = init_from.resolve_config(cfg, explicit=overrides) if cfg.run.init_from else ""
-    warning = elastic.shared_store_warning(dict(os.environ))
-    if warning and env.restart_count() == 0:
-        log(warning)
     restarting = env.restart_count() > 0
+    warning = elastic.shared_store_warning(dict(os.environ))
+    if warning and not restarting:  # once, at the first start
+        log(warning)
     if restarting:  # torchrun restarted the group after a failure: continue the run
         run_dir = elastic.find_run(cfg)
         if run_dir is not None and (run_dir / "checkpoints" / "latest").is_file():

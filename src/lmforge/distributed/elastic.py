@@ -9,8 +9,8 @@ which every job shares).
 One torch default works against restarts: torchrun shares its rendezvous store with the
 workers, and a restarted group can read the addresses the last group published there and
 fail to connect ("Connection refused", torch issue 135712; here, one SIGKILL in each of
-9 runs: 4 of 8 restarts failed so with sharing on, none of 5 with it off). `lmforge train --nproc` turns sharing
-off; a torchrun started by hand is warned.
+9 runs: 4 of 8 restarts failed so with sharing on, none of 5 with it off).
+`lmforge train --nproc` turns sharing off; a torchrun started by hand is warned.
 """
 
 from __future__ import annotations

@@ -109,8 +109,8 @@ def _finite_state(state: Any) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in parts)
 
 
-def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if uses_bf16(precision, device):
+def autocast_for(dtype: torch.dtype, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if dtype == torch.bfloat16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -136,7 +136,10 @@ class Trainer:
         self.info = info
         self.log = log if info.is_main else (lambda message: None)
         self.device = resolve_device(cfg.train.device, local_rank=info.local_rank)
-        self.autocast = autocast_for(cfg.train.precision, self.device)
+        # decided once: autocast, FSDP's gathered weights, the MFU peak and the log follow it
+        bf16 = uses_bf16(cfg.train.precision, self.device)
+        self.compute_dtype = torch.bfloat16 if bf16 else torch.float32
+        self.autocast = autocast_for(self.compute_dtype, self.device)
         self.strategy = resolve_strategy(cfg.parallel.strategy, info)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -170,7 +173,7 @@ class Trainer:
                               f"attention heads and MLPs, and model.arch={cfg.model.arch} has "
                               "neither; use parallel.strategy=ddp (or fsdp)")
         # FSDP gathers parameters in bf16 when the run computes in it (reductions stay fp32)
-        param_dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, self.device) else None
+        param_dtype = torch.bfloat16 if self.compute_dtype == torch.bfloat16 else None
         self.model = parallelize(self.raw_model, cfg.parallel, info, strategy=self.strategy,
                                  device=self.device, param_dtype=param_dtype)
         self.optimizer = build_optimizer(self.model, cfg.optim, device_type=self.device.type,
@@ -430,14 +433,11 @@ class Trainer:
                                                            "texts": texts})
             self.tb.samples(texts, step=self.counters.step, tag="samples/eval")
 
-    def _compute_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if uses_bf16(self.cfg.train.precision, self.device) else torch.float32
-
     def _peak_flops(self) -> float:
         """Peak FLOP/s of one device, for MFU (rank 0 alone reports it)."""
         if not self.info.is_main:
             return math.nan
-        peak, source = mfu.peak_flops(self.device, self._compute_dtype(),
+        peak, source = mfu.peak_flops(self.device, self.compute_dtype,
                                       configured_tflops=self.cfg.train.peak_tflops)
         self.peak, self.peak_source = peak, source
         self.log(f"{self.flops_per_token / 1e6:,.1f} MFLOPs per token; device peak "
@@ -451,7 +451,7 @@ class Trainer:
         if not (self.info.is_main and self.peak_source.startswith("matmul probe")
                 and achieved > self.peak):
             return
-        mfu.raise_cached_peak(self.device, self._compute_dtype(), achieved)
+        mfu.raise_cached_peak(self.device, self.compute_dtype, achieved)
         self.log(f"this run reached {achieved / 1e12:.3g} TFLOP/s per device, above the probed "
                  f"peak ({self.peak / 1e12:.3g}; measured while the machine was busy?), so MFU "
                  "above read high; the cached peak is raised, and `lmforge bench` measures it again")
@@ -462,7 +462,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         t = cfg.train
         tokens_per_step = self.train_data.global_batch * cfg.model.block_size
-        precision = "bf16 autocast" if self._compute_dtype() == torch.bfloat16 else "fp32"
+        precision = "bf16 autocast" if self.compute_dtype == torch.bfloat16 else "fp32"
         self.log(f"model: {cfg.model.arch}, {self.raw_model.num_params():,} parameters; device "
                  f"{self.device}, {precision}" + (f"; {info.world_size} processes, {self.strategy}"
                                      if info.distributed else ""))
@@ -513,7 +513,7 @@ class Trainer:
                               "skipped_steps": c.skipped_steps}
                     if startup is not None:  # in the first record written
                         record["startup_s"], startup = startup, None
-                        record["precision"] = str(self._compute_dtype()).removeprefix("torch.")
+                        record["precision"] = str(self.compute_dtype).removeprefix("torch.")
                     if info.is_main:
                         self.metrics.write(record)
                     progress.update(c.step, loss=record["loss"], tokens_per_s=tok_s,

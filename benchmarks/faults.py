@@ -154,15 +154,17 @@ def hostile_inputs(work: Path) -> tuple[int, int]:
 
 def checkpoint_overhead() -> float:
     """One save's time over the training time between two saves, default recipe and model."""
-    from lmforge.config import load_config
+    from lmforge.config import TokenizerConfig, load_config
     from lmforge.data.prepare import prepare
+    from lmforge.plan import local_plan
     from lmforge.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        prepare([str(STDLIB / "json" / "*.py")], data, tokenizer="char", log=lambda _: None)
+        prepare([str(STDLIB / "json" / "*.py")], data, tokenizer=TokenizerConfig("char"),
+                log=lambda _: None)
         cfg = load_config("default", {"data.path": str(data), "train.tensorboard": "false"})
-        trainer = Trainer(cfg, Path(tmp) / "run")
+        trainer = Trainer(local_plan(cfg, Path(tmp) / "run"))
         for _ in range(3):
             trainer.train_step()
         start = time.perf_counter()

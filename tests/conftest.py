@@ -5,6 +5,7 @@ import os
 import pytest
 from helpers import STDLIB
 
+from lmforge.config import TokenizerConfig
 from lmforge.data.prepare import prepare
 
 
@@ -26,5 +27,5 @@ def dataset(tmp_path_factory):
     """The standard library's json package prepared at character level: the small real
     corpus of the in-process training tests (a module may define its own `dataset`)."""
     out = tmp_path_factory.mktemp("data") / "json"
-    prepare([str(STDLIB / "json" / "*.py")], out, tokenizer="char", log=lambda _: None)
+    prepare([str(STDLIB / "json" / "*.py")], out, tokenizer=TokenizerConfig("char"), log=lambda _: None)
     return out

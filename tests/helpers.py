@@ -58,3 +58,49 @@ def json_corpus(tmp_path_factory, name: str) -> Path:
     lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
             "--out", "data/json", cwd=work, threads=1)
     return work
+
+
+# The tiny GPT of the tests: a second or two per run on the small real corpora below.
+TINY_MODEL = {"model.n_layer": "2", "model.n_head": "2", "model.n_embd": "32",
+              "model.block_size": "32", "train.batch_size": "4"}
+# What every test run pins: no progress bar, no samples at the end, and no time limit, so
+# that a busy machine never changes how many steps a test counts.
+QUIET = {"train.progress": "false", "train.max_minutes": "0", "eval.samples": "0"}
+
+
+def options(*layers: dict[str, str]) -> list[str]:
+    """--key=value arguments from dicts of settings, later ones overriding earlier ones."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update(layer)
+    return [f"--{key}={value}" for key, value in merged.items()]
+
+
+def tiny_config(dataset: Path, run_dir: Path, *layers: dict[str, str]):
+    """The config of an in-process training test: the tiny GPT (context 16, 30 steps, no
+    checkpoints, no TensorBoard) on `dataset` in `run_dir`, with `layers` on top."""
+    from lmforge.config import load_config
+
+    settings = {**TINY_MODEL, **QUIET, "model.block_size": "16", "train.max_steps": "30",
+                "checkpoint.every": "0", "eval.batches": "2", "train.tensorboard": "false",
+                "data.path": str(dataset), "data.source": "", "run.dir": str(run_dir)}
+    for layer in layers:
+        settings.update(layer)
+    return load_config("default", settings)
+
+
+def trainer(cfg, *, resume: bool = False):
+    """A Trainer for `cfg` in this process; resume=True continues cfg.run.dir from its latest
+    intact checkpoint, as `lmforge train --resume` does."""
+    from lmforge import checkpoint
+    from lmforge.plan import local_plan
+    from lmforge.rundir import RunDir
+    from lmforge.train.trainer import Trainer
+
+    run = RunDir(Path(cfg.run.dir))
+    if not resume:
+        return Trainer(local_plan(cfg, run))
+    path = checkpoint.find_checkpoint(run, "latest")
+    resumed = Trainer(local_plan(cfg, run, resume_from=path))
+    resumed.restore(path)
+    return resumed

@@ -23,9 +23,12 @@ from typing import Any
 from lmforge.errors import ConfigError
 
 
-def option(default: Any, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text (and, for strings, the values it accepts)."""
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+def option(default: Any, doc: str, *, choices: tuple[str, ...] | None = None,
+           prepare: str | None = None) -> Any:
+    """A config field with its help text (and, for strings, the values it accepts).
+    `prepare` is the option that sets it on `lmforge prepare` (e.g. --val-fraction), for the
+    fields that say how a corpus is prepared."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "prepare": prepare})
 
 
 @dataclass
@@ -45,13 +48,18 @@ class DataConfig:
     path: str = option("data/stdlib", "The prepared dataset (a directory made by `lmforge prepare`).")
     source: str = option("stdlib", "What to prepare into data.path when it does not exist yet: "
                                    "'stdlib', a file, a directory or a glob. Empty: never prepare.")
-    val_fraction: float = option(0.1, "Share of the corpus held out for validation when preparing.")
-    text_field: str = option("text", "JSONL field or Parquet column that holds the text "
-                                     "(other fields are kept as metadata).")
+    val_fraction: float = option(0.1, "Share of the corpus held out for validation when preparing.",
+                                 prepare="--val-fraction")
+    text_field: str = option("text", "JSONL field, Parquet column or dataset column that holds "
+                                     "the text (other fields are kept as metadata).",
+                             prepare="--text-field")
     split: str = option("", "A corpus's own standard split instead of a hash split, e.g. "
-                            "'modapte' for Reuters-21578 (its train part trains, its test part validates).")
-    workers: int = option(0, "Worker processes for cleaning and tokenizing (0: one per CPU core).")
-    shard_tokens: int = option(100_000_000, "Tokens per shard file at most.")
+                            "'modapte' for Reuters-21578 (its train part trains, its test part "
+                            "validates).", prepare="--split")
+    workers: int = option(0, "Worker processes for cleaning and tokenizing (0: one per CPU "
+                             "core; none for inputs under 4 MB).", prepare="--workers")
+    shard_tokens: int = option(100_000_000, "Tokens per shard file at most.",
+                               prepare="--shard-tokens")
 
 
 @dataclass
@@ -88,9 +96,11 @@ class CleanConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = option("bpe", "Tokenizer trained when train prepares data.source itself.",
-                       choices=("bpe", "char", "byte"))
-    vocab_size: int = option(8192, "Vocabulary size of a bpe tokenizer (char and byte ignore it).")
+    kind: str = option("bpe", "Tokenizer to train: byte-level BPE (HF tokenizers), the "
+                              "characters of the corpus, or raw UTF-8 bytes.",
+                       choices=("bpe", "char", "byte"), prepare="--tokenizer")
+    vocab_size: int = option(8192, "Vocabulary size of a bpe tokenizer (char and byte ignore "
+                                   "it; at least 257).", prepare="--vocab-size")
 
 
 @dataclass
@@ -227,6 +237,7 @@ class FieldInfo:
     default: Any
     doc: str
     choices: tuple[str, ...] | None
+    prepare: str | None  # its option on `lmforge prepare`, for the fields prepare takes
 
 
 def field_infos() -> list[FieldInfo]:
@@ -237,7 +248,8 @@ def field_infos() -> list[FieldInfo]:
         obj = getattr(root, section.name)
         for f in dataclasses.fields(obj):
             infos.append(FieldInfo(f"{section.name}.{f.name}", type(getattr(obj, f.name)),
-                                   getattr(obj, f.name), f.metadata["doc"], f.metadata["choices"]))
+                                   getattr(obj, f.name), f.metadata["doc"], f.metadata["choices"],
+                                   f.metadata["prepare"]))
     return infos
 
 
@@ -386,13 +398,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pos=rope needs an even head size (model.n_embd / model.n_head)")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
+    validate_data(cfg.data, cfg.tokenizer)
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if cfg.optim.max_nonfinite < 0:
         raise ConfigError(f"optim.max_nonfinite must be 0 or more, got {cfg.optim.max_nonfinite}")
     _validate_ranges(cfg)
+
+
+def validate_data(data: DataConfig, tokenizer: TokenizerConfig) -> None:
+    """How a corpus is to be prepared: checked here for `lmforge prepare` and `lmforge train`
+    alike, before anything is read."""
+    if not 0.0 < data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {data.val_fraction}")
+    if data.workers < 0:
+        raise ConfigError(f"data.workers must be 0 (one per core) or more, got {data.workers}")
+    if data.shard_tokens < 1:
+        raise ConfigError(f"data.shard_tokens must be at least 1, got {data.shard_tokens}")
+    coerce("tokenizer.kind", tokenizer.kind, from_text=False)
+    if tokenizer.kind == "bpe" and tokenizer.vocab_size < 257:
+        raise ConfigError(f"tokenizer.vocab_size={tokenizer.vocab_size} is too small for a "
+                          "byte-level BPE tokenizer (it needs at least 257: the 256 bytes and "
+                          "end-of-text); raise it")
 
 
 # Bounds that torch, numpy or the training loop would otherwise reject with a traceback

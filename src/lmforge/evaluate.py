@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +88,7 @@ def stream_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, lanes:
 
 
 def split_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_size: int,
-               batches: int = 0, recurrent: bool | None = None, **kwargs) -> float:
+               batches: int = 0, recurrent: bool | None = None, **kwargs: Any) -> float:
     """Mean loss of any model on a split: `batches` global batches of batch_size x
     data-parallel ranks windows (Transformers) or streams of `batches` chunks (recurrent
     models); the whole split when batches=0. recurrent defaults to the model's own flag
@@ -101,7 +103,16 @@ def split_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_s
                      max_windows=batches * batch_size * ranks, **kwargs)
 
 
-def summarize(loss: float, *, tokens: int, bytes_: int) -> dict[str, float]:
-    """Loss (nats per token), perplexity and bits per byte of a split."""
+@dataclass(frozen=True)
+class Figures:
+    """A split's loss (nats per token), perplexity and bits per byte."""
+
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+
+
+def summarize(loss: float, *, tokens: int, bytes_: int) -> Figures:
+    """The figures of a mean loss on a split of `tokens` tokens that encode `bytes_` bytes."""
     bits_per_byte = loss / math.log(2) * tokens / bytes_ if bytes_ else float("nan")
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_byte": bits_per_byte}
+    return Figures(loss=loss, perplexity=math.exp(min(loss, 700.0)), bits_per_byte=bits_per_byte)

@@ -1,8 +1,9 @@
-"""File helpers shared by datasets, downloads and checkpoints."""
+"""File helpers shared by datasets, downloads, checkpoints and runs."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -17,3 +18,16 @@ def sha256_file(path: Path) -> str:
         while n := fh.readinto(buf):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and measured figures are kept: $LMFORGE_CACHE, else ~/.cache/lmforge."""
+    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -110,7 +110,9 @@ def test_strategy_matches_one_process(work, strategy, nproc, micro, extra):
 def test_saved_on_two_fsdp_ranks_resumes_on_one_and_on_four(work):
     run(torchrun(2, f"--train.max_steps={STEPS}", "--train.batch_size=4",
                  "--parallel.strategy=fsdp", "--run.dir=runs/saved2"), cwd=work)
-    for nproc, micro in ((1, 8), (4, 2)):
+    # on one rank the global batch of 8 comes back by accumulating two micro-batches of 4,
+    # on four by giving each rank 2
+    for nproc, settings in ((1, []), (4, ["--train.batch_size=2"])):
         resumed = work / "runs" / f"resumed{nproc}"
         shutil.copytree(work / "runs" / "saved2", resumed)
         shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:08d}")  # back to step 10
@@ -118,8 +120,11 @@ def test_saved_on_two_fsdp_ranks_resumes_on_one_and_on_four(work):
                [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={nproc}", "-m", "lmforge", "train",
                 "--parallel.strategy=fsdp"])
-        proc = run([*cmd, "--resume", str(resumed), f"--train.batch_size={micro}"], cwd=work)
+        proc = run([*cmd, "--resume", str(resumed), *settings], cwd=work)
         assert "at step 10 (saved on 2 processes)" in proc.stderr
+        if nproc == 1:
+            assert "train.grad_accum 1 -> 2 keeps the global batch of 8 sequences" in proc.stderr
+            assert "grad_accum = 2" in (resumed / "config.toml").read_text()
         assert_same_run(resumed, work / "runs" / "single")
 
 
@@ -127,7 +132,8 @@ def test_another_global_batch_on_resume_is_refused(work):
     proc = run([sys.executable, "-m", "lmforge", "train", "--resume", "runs/single",
                 "--train.batch_size=3", "--train.max_steps=30"], cwd=work, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "global batch of 8 windows, this run has 3" in proc.stderr
+    assert "global batch of 8 sequences, and train.batch_size=3 on 1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def free_port() -> int:

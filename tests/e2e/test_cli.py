@@ -134,7 +134,7 @@ def test_help_lists_every_verb_and_field(corpus):
 
 def torch_imported(cwd, *argvs: list[str]) -> bool:
     """Whether running `lmforge ARGV` for each argv, in one fresh process, imported torch."""
-    probe = ("import sys\nfrom lmforge.cli import main\n"
+    probe = ("import sys\nfrom lmforge.cli.main import main\n"
              f"for argv in {list(argvs)!r}:\n"
              "    try:\n        assert main(argv) == 0\n    except SystemExit as e:\n"
              "        assert e.code == 0\n"

@@ -119,7 +119,7 @@ def test_verify_resume_bad_input_is_one_line_and_exit_2(corpus, args, message):
 
 
 def test_first_difference_names_the_step_and_the_values():
-    from lmforge.verify_resume import first_difference
+    from lmforge.runs.verify_resume import first_difference
 
     assert first_difference({1: 2.5, 2: 2.25}, {1: 2.5, 2: 2.25}) is None
     assert first_difference({1: 2.5, 2: 2.25, 3: 2.0}, {1: 2.5, 2: 2.2500001, 3: 1.0}) == (

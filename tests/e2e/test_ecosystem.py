@@ -111,7 +111,7 @@ def first_batch_loss(work: Path, *, block_size: int) -> float:
     from lmforge.data import shards
     from lmforge.data.loader import RandomWindows
     from lmforge.evaluate import cross_entropy
-    from lmforge.rundir import load_run
+    from lmforge.runs.load import load_run
 
     run = load_run(work / "runs" / "src")
     batches = RandomWindows(shards.open_split(work / "data" / "json", "train"), batch_size=4,
@@ -182,7 +182,7 @@ def test_recurrent_model_is_refused_by_the_hf_format(work):
 def small_vocab(work):
     """An lmforge export whose embeddings cover 20 tokens: fewer than the corpus's 95."""
     from lmforge.config import ModelConfig
-    from lmforge.hf import export_safetensors
+    from lmforge.interop.hf_export import export_safetensors
     from lmforge.models.gpt import GPT
 
     out = work / "vocab20"

@@ -18,7 +18,7 @@ from helpers import json_corpus, lmforge
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 from lmforge.config import field_infos
 from lmforge.data import shards
 

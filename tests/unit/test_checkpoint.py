@@ -3,6 +3,7 @@ import torch
 
 from lmforge import checkpoint
 from lmforge.errors import CheckpointError
+from lmforge.rundir import RunDir
 
 
 class Tied(torch.nn.Module):
@@ -15,7 +16,7 @@ class Tied(torch.nn.Module):
 
 def save(run, step, model, *, keep_last=2, is_best=False):
     opt = torch.optim.AdamW(model.parameters())
-    return checkpoint.save_checkpoint(run, step=step, model=model, optimizer=opt,
+    return checkpoint.save_checkpoint(RunDir(run), step=step, model=model, optimizer=opt,
                                       trainer_state={"step": step, "rng": torch.get_rng_state()},
                                       model_config={"width": 8}, keep_last=keep_last, is_best=is_best)
 
@@ -23,7 +24,7 @@ def save(run, step, model, *, keep_last=2, is_best=False):
 def test_weights_round_trip_with_tied_parameters(tmp_path):
     a, b = Tied(), Tied()
     save(tmp_path, 3, a)
-    checkpoint.load_weights(checkpoint.find_checkpoint(tmp_path), b)
+    checkpoint.load_weights(checkpoint.find_checkpoint(RunDir(tmp_path)), b)
     assert torch.equal(a.emb.weight, b.emb.weight)
     assert b.head.weight.data_ptr() == b.emb.weight.data_ptr()
 
@@ -36,8 +37,8 @@ def test_retention_keeps_the_last_k_and_the_best(tmp_path):
         save(tmp_path, step, model)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
     assert names == ["step_00000002", "step_00000004", "step_00000005"]
-    assert checkpoint.find_checkpoint(tmp_path).name == "step_00000005"
-    assert checkpoint.find_checkpoint(tmp_path, "best").name == "step_00000002"
+    assert checkpoint.find_checkpoint(RunDir(tmp_path)).name == "step_00000005"
+    assert checkpoint.find_checkpoint(RunDir(tmp_path), "best").name == "step_00000002"
 
 
 def test_corrupt_latest_falls_back_to_the_previous_intact_one(tmp_path):
@@ -50,7 +51,7 @@ def test_corrupt_latest_falls_back_to_the_previous_intact_one(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupt"):
         checkpoint.verify(latest)
-    assert checkpoint.find_checkpoint(tmp_path).name == "step_00000001"
+    assert checkpoint.find_checkpoint(RunDir(tmp_path)).name == "step_00000001"
 
 
 def test_partial_save_is_cleaned_and_ignored(tmp_path):
@@ -58,19 +59,19 @@ def test_partial_save_is_cleaned_and_ignored(tmp_path):
     partial = tmp_path / "checkpoints" / ".tmp-step_00000002"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
-    assert checkpoint.find_checkpoint(tmp_path).name == "step_00000001"
-    checkpoint.clean_partial(tmp_path)
+    assert checkpoint.find_checkpoint(RunDir(tmp_path)).name == "step_00000001"
+    checkpoint.clean_partial(RunDir(tmp_path))
     assert not partial.exists()
 
 
 def test_missing_runs_and_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="run directory not found"):
-        checkpoint.find_checkpoint(tmp_path / "nope")
+        checkpoint.find_checkpoint(RunDir(tmp_path / "nope"))
     with pytest.raises(CheckpointError, match="has no checkpoint yet"):
-        checkpoint.find_checkpoint(tmp_path)
+        checkpoint.find_checkpoint(RunDir(tmp_path))
     save(tmp_path, 1, Tied())
-    with pytest.raises(CheckpointError, match="has no checkpoint 'step_9'; it has: step_00000001"):
-        checkpoint.find_checkpoint(tmp_path, "step_9")
+    with pytest.raises(CheckpointError, match="has no checkpoint 'step_9'; it has: latest, step_00000001"):
+        checkpoint.find_checkpoint(RunDir(tmp_path), "step_9")
 
 
 def test_another_model_shape_is_refused_with_what_differs(tmp_path):
@@ -93,11 +94,11 @@ def test_training_state_round_trips_through_dcp(tmp_path):
     opt_a = torch.optim.AdamW(a.parameters(), lr=0.1)
     a.emb.weight.sum().backward()
     opt_a.step()
-    path = checkpoint.save_checkpoint(tmp_path, step=1, model=a, optimizer=opt_a,
+    path = checkpoint.save_checkpoint(RunDir(tmp_path), step=1, model=a, optimizer=opt_a,
                                       trainer_state={"step": 1}, model_config={"width": 8},
                                       keep_last=2)
     assert (path / "state").is_dir() and any(k.startswith("state/") for k in
-                                             checkpoint.verify(path)["sha256"])
+                                             checkpoint.verify(path).sha256)
     b = Tied()
     opt_b = torch.optim.AdamW(b.parameters(), lr=0.1)
     assert checkpoint.load_training_state(path, model=b, optimizer=opt_b) == {"step": 1}

@@ -4,7 +4,7 @@ import pytest
 
 from lmforge.config import Config, from_dict, load_config, parse_overrides, recipe_names
 from lmforge.errors import ConfigError
-from lmforge.rundir import read_run_config, write_config
+from lmforge.rundir import RunDir, read_run_config, write_config
 
 
 def test_overrides_apply_on_top_of_the_recipe():
@@ -70,8 +70,8 @@ def test_unknown_recipe_lists_the_shipped_ones(tmp_path):
 
 def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
     cfg = load_config("shakespeare_char", {"train.max_steps": "11", "model.dropout": "0.1"})
-    write_config(cfg, tmp_path)
-    assert read_run_config(tmp_path) == cfg
+    write_config(cfg, RunDir(tmp_path))
+    assert read_run_config(RunDir(tmp_path)) == cfg
     written = tomllib.loads((tmp_path / "config.toml").read_text())
     assert set(written) == {"run", "data", "clean", "tokenizer", "model", "optim", "train", "eval",
                             "checkpoint", "parallel"}

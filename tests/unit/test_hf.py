@@ -14,14 +14,10 @@ import torch
 from lmforge.config import ModelConfig
 from lmforge.data.tokenizer import EOT_TOKEN, BpeTokenizer, train_tokenizer
 from lmforge.errors import ConfigError, DataError
-from lmforge.hf import (
-    export_hf,
-    export_safetensors,
-    hf_family,
-    import_hf,
-    import_hf_tokenizer,
-    import_safetensors,
-)
+from lmforge.interop.hf_export import export_hf, export_safetensors
+from lmforge.interop.hf_import import import_hf, import_safetensors
+from lmforge.interop.hf_layout import hf_family
+from lmforge.interop.hf_tokenizer import import_hf_tokenizer
 from lmforge.models.gpt import GPT
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"

@@ -10,8 +10,8 @@ import torch
 
 from lmforge.config import Config, ModelConfig
 from lmforge.errors import ConfigError
-from lmforge.hf import export_hf, export_safetensors
-from lmforge.init_from import load_into, load_state, resolve_config
+from lmforge.interop.hf_export import export_hf, export_safetensors
+from lmforge.interop.init_from import load_into, load_state, resolve_config
 from lmforge.models.gpt import GPT
 
 SOURCE = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=50, dropout=0.1)

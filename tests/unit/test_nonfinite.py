@@ -7,21 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config as shared_config
+from helpers import trainer as make_trainer
 from safetensors.torch import load_file
 
-from lmforge.config import load_config
 from lmforge.errors import CheckpointError, LmforgeError
-from lmforge.train.trainer import Trainer
+
+SETTINGS = {"train.log_every": "5", "train.threads": "1", "eval.every": "0",
+            "eval.samples_at_eval": "0", "optim.warmup_steps": "0"}
 
 
 def tiny_config(dataset, run_dir, **extra):
-    overrides = {"data.path": str(dataset), "run.dir": str(run_dir), "model.n_layer": "2",
-                 "model.n_head": "2", "model.n_embd": "32", "model.block_size": "16",
-                 "train.batch_size": "4", "train.max_steps": "30", "train.log_every": "5",
-                 "train.progress": "false", "train.threads": "1", "train.tensorboard": "false",
-                 "eval.every": "0", "eval.batches": "2", "eval.samples_at_eval": "0",
-                 "checkpoint.every": "0", "optim.warmup_steps": "0", **extra}
-    return load_config("default", overrides)
+    return shared_config(dataset, run_dir, SETTINGS, extra)
 
 
 def train_records(run_dir):
@@ -30,7 +27,7 @@ def train_records(run_dir):
 
 
 def test_a_nonfinite_step_is_skipped_and_leaves_everything_as_it_was(dataset, tmp_path):
-    trainer = Trainer(tiny_config(dataset, tmp_path), tmp_path)
+    trainer = make_trainer(tiny_config(dataset, tmp_path))
     trainer.model.train()
     trainer.train_step()  # the optimizer has state now
     norm_f = trainer.raw_model.norm_f.weight
@@ -65,7 +62,7 @@ def test_too_many_in_a_row_stop_the_run_and_no_checkpoint_is_nonfinite(dataset, 
     # A learning rate of 1e6 makes the second step's loss NaN, and every one after it.
     cfg = tiny_config(dataset, tmp_path, **{"optim.lr": "1e6", "optim.max_nonfinite": "3",
                                             "checkpoint.every": "1", "checkpoint.keep_last": "50"})
-    trainer = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg)
     with pytest.raises(LmforgeError) as err:
         trainer.fit()
     message = str(err.value)
@@ -86,11 +83,11 @@ def test_too_many_in_a_row_stop_the_run_and_no_checkpoint_is_nonfinite(dataset, 
 def test_zero_tolerance_stops_at_the_first(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path, **{"optim.lr": "1e6", "optim.max_nonfinite": "0"})
     with pytest.raises(LmforgeError, match="^step 2: 1 non-finite"):
-        Trainer(cfg, tmp_path).fit()
+        make_trainer(cfg).fit()
 
 
 def test_save_refuses_nonfinite_weights_and_keeps_the_last_checkpoint(dataset, tmp_path):
-    trainer = Trainer(tiny_config(dataset, tmp_path), tmp_path)
+    trainer = make_trainer(tiny_config(dataset, tmp_path))
     trainer.train_step()
     good = trainer.save()
     trainer.train_step()
@@ -104,12 +101,11 @@ def test_save_refuses_nonfinite_weights_and_keeps_the_last_checkpoint(dataset, t
 
 
 def test_the_skip_counters_are_checkpointed(dataset, tmp_path):
-    trainer = Trainer(tiny_config(dataset, tmp_path), tmp_path)
+    trainer = make_trainer(tiny_config(dataset, tmp_path))
     trainer.train_step()
     trainer.counters.nonfinite_in_a_row, trainer.counters.skipped_steps = 2, 7
     trainer.save()
-    again = Trainer(tiny_config(dataset, tmp_path), tmp_path)
-    again.restore()
+    again = make_trainer(tiny_config(dataset, tmp_path), resume=True)
     assert (again.counters.nonfinite_in_a_row, again.counters.skipped_steps) == (2, 7)
 
 

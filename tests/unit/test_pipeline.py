@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.config import CleanConfig
+from lmforge.config import CleanConfig, DataConfig, TokenizerConfig
 from lmforge.data import shards
 from lmforge.data.loader import RandomWindows
 from lmforge.data.parallel import ordered_map
@@ -66,8 +66,8 @@ def test_one_or_two_workers_write_identical_shards(tmp_path):
     made = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        made[workers] = prepare(corpus, out, tokenizer="bpe", vocab_size=600, workers=workers,
-                                shard_tokens=20_000, **QUIET)
+        made[workers] = prepare(corpus, out, tokenizer=TokenizerConfig("bpe", 600),
+                                data=DataConfig(workers=workers, shard_tokens=20_000), **QUIET)
     assert made[1]["splits"] == made[2]["splits"]  # same sha256 for every shard
     assert len(made[1]["splits"]["train"]["files"]) > 1
     for name in ("train-00000.bin", "val-00000.bin", "train.docs.npy"):
@@ -84,7 +84,7 @@ def test_report_counts_every_step_and_duplicates(tmp_path):
     (src / "d.bin").write_bytes(b"\x00\x01binary")
     (src / "e.txt").write_bytes(b"caf\xe9 au lait, " * 20)  # latin-1, invalid as UTF-8
     out = tmp_path / "out"
-    manifest = prepare([str(src)], out, tokenizer="byte", **QUIET)
+    manifest = prepare([str(src)], out, tokenizer=TokenizerConfig("byte"), **QUIET)
     report = json.loads((out / "report.json").read_text())
     assert report["clean"]["dedup_exact"]["docs_in"] == 4
     assert report["clean"]["dedup_exact"]["docs_out"] == 3
@@ -105,7 +105,7 @@ def test_corpus_empty_after_cleaning_is_a_clear_error(tmp_path):
     src = tmp_path / "a.txt"
     src.write_text("short text\n")
     with pytest.raises(DataError, match="no text after cleaning"):
-        prepare([str(src)], tmp_path / "out", tokenizer="char",
+        prepare([str(src)], tmp_path / "out", tokenizer=TokenizerConfig("char"),
                 clean=CleanConfig(min_chars=1000), **QUIET)
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.tmp-*"))
@@ -126,7 +126,7 @@ def test_chinese_text_round_trips_through_every_tokenizer(tmp_path, kind):
     for i in range(12):
         (src / f"{i}.txt").write_text(CHINESE[i % 4] * (i + 1) + f"第{i}篇。ＡＢＣ１２３\n")
     out = tmp_path / kind
-    manifest = prepare([str(src)], out, tokenizer=kind, vocab_size=400,
+    manifest = prepare([str(src)], out, tokenizer=TokenizerConfig(kind, 400),
                        clean=CleanConfig(normalize="NFKC"), **QUIET)
     tok = load_tokenizer(out / "tokenizer")
     for split in ("train", "val"):
@@ -164,10 +164,10 @@ def test_bad_input_parsed_in_a_worker_is_one_data_error(tmp_path, workers):
     (corpus / "a.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(50))
                                     + '{"text": 3}\n')
     with pytest.raises(DataError, match=r"a\.jsonl line 51: field 'text' holds int, not text"):
-        prepare([str(corpus)], tmp_path / "ds", workers=workers, **QUIET)
+        prepare([str(corpus)], tmp_path / "ds", data=DataConfig(workers=workers), **QUIET)
     (corpus / "a.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match="no text files in .*binary files are skipped"):
-        prepare([str(corpus)], tmp_path / "ds", workers=workers, **QUIET)
+        prepare([str(corpus)], tmp_path / "ds", data=DataConfig(workers=workers), **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
@@ -175,12 +175,12 @@ def test_modapte_split_and_dedup_match_for_any_worker_count(tmp_path):
     reuters = Path(__file__).parents[3] / "shared" / "data" / "reuters21578.tar.gz"
     if not reuters.is_file():
         pytest.skip("reuters21578.tar.gz is not in ../shared/data")
-    from lmforge.data.document import SourceOptions
 
     made = {}
     for workers in (0, 2):
-        made[workers] = prepare([str(reuters)], tmp_path / f"w{workers}", tokenizer="byte",
-                                options=SourceOptions(split="modapte"), workers=workers, **QUIET)
+        made[workers] = prepare([str(reuters)], tmp_path / f"w{workers}",
+                                tokenizer=TokenizerConfig("byte"),
+                                data=DataConfig(split="modapte", workers=workers), **QUIET)
     assert made[0]["splits"] == made[2]["splits"]
     reports = [json.loads((tmp_path / f"w{w}" / "report.json").read_text()) for w in (0, 2)]
     assert reports[0]["clean"] == reports[1]["clean"] and reports[0]["sources"] == reports[1]["sources"]

@@ -2,20 +2,16 @@
 
 import os
 import signal
-import sysconfig
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from helpers import STDLIB, tiny_config, trainer
 
-from lmforge.config import load_config
+from lmforge.config import TokenizerConfig
 from lmforge.data.prepare import prepare
 from lmforge.distributed.env import SINGLE
 from lmforge.train.preemption import Preemption, exit_code
-from lmforge.train.trainer import Trainer
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def test_first_signal_is_a_request_and_the_second_stops_at_once():
@@ -43,14 +39,13 @@ def test_exit_codes_follow_the_shell_convention():
 
 def test_fit_stops_after_the_step_with_a_checkpoint(tmp_path):
     data = tmp_path / "data"
-    prepare([str(STDLIB / "json" / "*.py")], data, tokenizer="char", log=lambda _: None)
-    cfg = load_config("default", {
-        "data.path": str(data), "model.n_layer": "1", "model.n_head": "2", "model.n_embd": "16",
-        "model.block_size": "16", "train.batch_size": "2", "train.max_steps": "1000000",
-        "train.progress": "false", "train.threads": "1", "train.tensorboard": "false",
-        "eval.every": "0", "eval.batches": "1", "eval.samples_at_eval": "0",
-        "checkpoint.every": "0", "train.peak_tflops": "1"})
-    trainer = Trainer(cfg, tmp_path / "run")
+    prepare([str(STDLIB / "json" / "*.py")], data, tokenizer=TokenizerConfig("char"),
+            log=lambda _: None)
+    cfg = tiny_config(data, tmp_path / "run", {
+        "model.n_layer": "1", "model.n_embd": "16", "train.batch_size": "2",
+        "train.max_steps": "1000000", "train.threads": "1", "eval.every": "0",
+        "eval.batches": "1", "eval.samples_at_eval": "0", "train.peak_tflops": "1"})
+    run = trainer(cfg)
     before = signal.getsignal(signal.SIGTERM)
 
     def preempt():  # as a scheduler would, once the training loop has started
@@ -61,12 +56,12 @@ def test_fit_stops_after_the_step_with_a_checkpoint(tmp_path):
 
     sender = threading.Thread(target=preempt, daemon=True)
     sender.start()
-    result = trainer.fit()
+    result = run.fit()
     sender.join()
-    assert result["stopped"] == "signal" and result["signal"] == signal.SIGTERM
-    assert 0 < result["step"] < 1000000
+    assert result.stopped == "signal" and result.signal == signal.SIGTERM
+    assert 0 < result.step < 1000000
     latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
-    assert latest == f"step_{result['step']:08d}"
+    assert latest == f"step_{result.step:08d}"
     # no evaluation was added at the stop (the resumed run must find the record unchanged)
     assert "eval" not in (tmp_path / "run" / "metrics.jsonl").read_text()
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the loop's alone

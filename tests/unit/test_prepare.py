@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmforge.config import DataConfig, TokenizerConfig
 from lmforge.data import shards
 from lmforge.data.prepare import prepare
 from lmforge.data.sources import fingerprint, iter_documents
@@ -49,7 +50,7 @@ def test_single_file_splits_by_position(tmp_path):
     src = tmp_path / "one.txt"
     src.write_text(text)
     out = tmp_path / "ds"
-    manifest = prepare([str(src)], out, tokenizer="char", log=quiet)
+    manifest = prepare([str(src)], out, tokenizer=TokenizerConfig("char"), log=quiet)
     cut = int(len(text) * 0.9)
     assert decode_split(out, "train") == text[:cut]
     assert decode_split(out, "val") == text[cut:]
@@ -62,7 +63,7 @@ def test_single_file_splits_by_position(tmp_path):
 
 @pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="shared data not on this machine")
 def test_tinyshakespeare_matches_nanogpt_split(tmp_path):
-    manifest = prepare([str(SHAKESPEARE)], tmp_path / "ds", tokenizer="char", log=quiet)
+    manifest = prepare([str(SHAKESPEARE)], tmp_path / "ds", tokenizer=TokenizerConfig("char"), log=quiet)
     assert manifest["splits"]["train"]["tokens"] == 1_003_854
     assert manifest["splits"]["val"]["tokens"] == 111_540
     assert manifest["tokenizer"]["vocab_size"] == 65 + 1  # nanoGPT's 65 characters and eot
@@ -70,8 +71,8 @@ def test_tinyshakespeare_matches_nanogpt_split(tmp_path):
 
 def test_documents_split_by_hash_deterministically(tmp_path):
     texts = make_docs(tmp_path / "corpus", 40)
-    m1 = prepare([str(tmp_path / "corpus")], tmp_path / "a", tokenizer="byte", log=quiet)
-    m2 = prepare([str(tmp_path / "corpus")], tmp_path / "b", tokenizer="byte", log=quiet)
+    m1 = prepare([str(tmp_path / "corpus")], tmp_path / "a", tokenizer=TokenizerConfig("byte"), log=quiet)
+    m2 = prepare([str(tmp_path / "corpus")], tmp_path / "b", tokenizer=TokenizerConfig("byte"), log=quiet)
     assert m1["splits"] == m2["splits"]
     assert m1["split_by"] == "document"
     expect_val = sorted(name for name in texts if in_val(name, 0.1))
@@ -89,18 +90,18 @@ def test_documents_split_by_hash_deterministically(tmp_path):
 @pytest.mark.parametrize("val_fraction", [0.01, 0.99])
 def test_two_documents_give_two_nonempty_splits(tmp_path, val_fraction):
     make_docs(tmp_path / "corpus", 2)
-    m = prepare([str(tmp_path / "corpus")], tmp_path / "ds", tokenizer="char",
-                val_fraction=val_fraction, log=quiet)
+    m = prepare([str(tmp_path / "corpus")], tmp_path / "ds", tokenizer=TokenizerConfig("char"),
+                data=DataConfig(val_fraction=val_fraction), log=quiet)
     assert m["splits"]["train"]["documents"] == m["splits"]["val"]["documents"] == 1
 
 
 def test_second_call_reuses(tmp_path):
     make_docs(tmp_path / "corpus", 5)
     out = tmp_path / "ds"
-    first = prepare([str(tmp_path / "corpus")], out, tokenizer="char", log=quiet)
+    first = prepare([str(tmp_path / "corpus")], out, tokenizer=TokenizerConfig("char"), log=quiet)
     mtime = (out / "manifest.json").stat().st_mtime_ns
     log = Log()
-    assert prepare([str(tmp_path / "corpus")], out, tokenizer="char", log=log) == first
+    assert prepare([str(tmp_path / "corpus")], out, tokenizer=TokenizerConfig("char"), log=log) == first
     assert log == [f"reusing prepared dataset at {out}"]
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
 
@@ -108,12 +109,12 @@ def test_second_call_reuses(tmp_path):
 def test_changed_input_is_prepared_again_in_place(tmp_path):
     texts = make_docs(tmp_path / "corpus", 5)
     out = tmp_path / "ds"
-    first = prepare([str(tmp_path / "corpus")], out, tokenizer="byte", log=quiet)
+    first = prepare([str(tmp_path / "corpus")], out, tokenizer=TokenizerConfig("byte"), log=quiet)
     path = tmp_path / "corpus" / "sub0/doc00.txt"
     path.write_text("a brand new text")
     os.utime(path, ns=(1, 1))  # a distinct mtime even on coarse-clock file systems
     log = Log()
-    second = prepare([str(tmp_path / "corpus")], out, tokenizer="byte", log=log)
+    second = prepare([str(tmp_path / "corpus")], out, tokenizer=TokenizerConfig("byte"), log=log)
     assert any("changed" in line for line in log)
     assert second["fingerprint"] != first["fingerprint"]
     texts["sub0/doc00.txt"] = "a brand new text"
@@ -127,10 +128,10 @@ def test_changed_input_is_prepared_again_in_place(tmp_path):
 def test_corrupt_dataset_is_prepared_again(tmp_path):
     make_docs(tmp_path / "corpus", 5)
     out = tmp_path / "ds"
-    prepare([str(tmp_path / "corpus")], out, tokenizer="byte", log=quiet)
+    prepare([str(tmp_path / "corpus")], out, tokenizer=TokenizerConfig("byte"), log=quiet)
     (out / "train-00000.bin").write_bytes(b"\0\0")
     log = Log()
-    prepare([str(tmp_path / "corpus")], out, tokenizer="byte", log=log)
+    prepare([str(tmp_path / "corpus")], out, tokenizer=TokenizerConfig("byte"), log=log)
     assert "corrupt" in log[0]
     shards.verify(out)
 
@@ -141,7 +142,7 @@ def test_out_with_other_files_is_left_alone(tmp_path):
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
     with pytest.raises(DataError, match="already holds other files.*choose another --out"):
-        prepare([str(tmp_path / "one.txt")], out, tokenizer="char", log=quiet)
+        prepare([str(tmp_path / "one.txt")], out, tokenizer=TokenizerConfig("char"), log=quiet)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
     assert (out / "thesis.tex").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "one.txt"]
@@ -150,20 +151,20 @@ def test_out_with_other_files_is_left_alone(tmp_path):
 def test_out_with_a_different_dataset_is_left_alone(tmp_path):
     (tmp_path / "one.txt").write_text("some text to prepare")
     out = tmp_path / "ds"
-    first = prepare([str(tmp_path / "one.txt")], out, tokenizer="char", log=quiet)
+    first = prepare([str(tmp_path / "one.txt")], out, tokenizer=TokenizerConfig("char"), log=quiet)
     with pytest.raises(DataError, match="already holds a different dataset"):
-        prepare([str(tmp_path / "one.txt")], out, tokenizer="byte", log=quiet)
+        prepare([str(tmp_path / "one.txt")], out, tokenizer=TokenizerConfig("byte"), log=quiet)
     assert shards.verify(out) == first
 
 
 def test_dataset_with_user_files_added_is_not_replaced(tmp_path):
     (tmp_path / "one.txt").write_text("some text to prepare")
     out = tmp_path / "ds"
-    prepare([str(tmp_path / "one.txt")], out, tokenizer="char", log=quiet)
+    prepare([str(tmp_path / "one.txt")], out, tokenizer=TokenizerConfig("char"), log=quiet)
     (out / "notes.md").write_text("mine")
     (tmp_path / "one.txt").write_text("some other text now")
     with pytest.raises(DataError, match=r"files lmforge did not write \(notes.md\)"):
-        prepare([str(tmp_path / "one.txt")], out, tokenizer="char", log=quiet)
+        prepare([str(tmp_path / "one.txt")], out, tokenizer=TokenizerConfig("char"), log=quiet)
     assert (out / "notes.md").read_text() == "mine"
 
 
@@ -181,7 +182,7 @@ def test_empty_corpus_leaves_nothing_behind(tmp_path):
     (corpus / "blank.txt").write_text("  \n\t\n")
     (corpus / "empty.txt").write_text("")
     with pytest.raises(DataError, match="the corpus at .* has no text"):
-        prepare([str(corpus)], tmp_path / "ds", tokenizer="char", log=quiet)
+        prepare([str(corpus)], tmp_path / "ds", tokenizer=TokenizerConfig("char"), log=quiet)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 
@@ -197,7 +198,7 @@ def test_directory_of_binary_files(tmp_path):
 def test_single_character_corpus_has_no_train_split(tmp_path):
     (tmp_path / "a.txt").write_text("a")
     with pytest.raises(DataError, match="the train split is empty"):
-        prepare([str(tmp_path / "a.txt")], tmp_path / "ds", tokenizer="char", log=quiet)
+        prepare([str(tmp_path / "a.txt")], tmp_path / "ds", tokenizer=TokenizerConfig("char"), log=quiet)
 
 
 def test_glob_and_directory_sources(tmp_path):

@@ -23,7 +23,7 @@ import nltk
 import nltk.corpus
 import pytest
 
-from lmforge.data import remote
+from lmforge.data import remote, sources
 from lmforge.data.document import TRAIN, VAL, SourceOptions
 from lmforge.errors import DataError
 
@@ -192,19 +192,19 @@ def test_loopback_bypasses_proxy_settings(server: Served, tmp_path: Path,
 def test_iter_url_reads_the_download_with_url_ids(server: Served, tmp_path: Path) -> None:
     server.files["/texts/input.txt"] = "héllo\nworld\n".encode()
     url = server.url("/texts/input.txt")
-    [doc] = remote.iter_url(url, SourceOptions(cache_dir=tmp_path))
+    [doc] = sources.iter_documents(url, SourceOptions(cache_dir=tmp_path))
     assert doc.text == "héllo\nworld\n"
     assert doc.id == url
 
 
-def test_sources_dispatch_urls_here(server: Served, tmp_path: Path) -> None:
-    from lmforge.data import sources
+def test_a_url_is_downloaded_once(server: Served, tmp_path: Path) -> None:
 
     server.files["/a.txt"] = b"alpha"
     url = server.url("/a.txt")
     options = SourceOptions(cache_dir=tmp_path)
-    assert list(sources.iter_documents(url, options)) == list(remote.iter_url(url, options))
-    assert len(server.requests) == 1
+    first = list(sources.iter_documents(url, options))
+    assert list(sources.iter_documents(url, options)) == first
+    assert len(server.requests) == 1 and remote.fetch_url(url, options).read_bytes() == b"alpha"
 
 
 def test_iter_url_jsonl_gz_read_by_its_suffix(server: Served, tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_iter_url_jsonl_gz_read_by_its_suffix(server: Served, tmp_path: Path) ->
     server.files["/dump/rows.jsonl.gz"] = gzip.compress(
         "".join(json.dumps(row) + "\n" for row in rows).encode())
     url = server.url("/dump/rows.jsonl.gz")
-    docs = list(remote.iter_url(url, SourceOptions(cache_dir=tmp_path)))
+    docs = list(sources.iter_documents(url, SourceOptions(cache_dir=tmp_path)))
     assert [(d.id, d.text) for d in docs] == [(f"{url}:x", "first"), (f"{url}:2", "second")]
     assert docs[0].meta["lang"] == "en" and docs[0].meta["source"] == url
 
@@ -226,9 +226,9 @@ def test_tinyshakespeare_through_a_mirror(server: Served, tmp_path: Path,
     server.files["/input.txt"] = data
     monkeypatch.setenv("LMFORGE_URL_TINYSHAKESPEARE", server.url("/input.txt"))
     options = SourceOptions(cache_dir=tmp_path)
-    [doc] = remote.iter_named("tinyshakespeare", options)
+    [doc] = sources.iter_documents("tinyshakespeare", options)
     assert doc.text == data.decode() and doc.id == "tinyshakespeare"
-    [again] = remote.iter_named("tinyshakespeare", options)
+    [again] = sources.iter_documents("tinyshakespeare", options)
     assert again == doc and len(server.requests) == 1
 
 
@@ -239,18 +239,18 @@ def test_tinyshakespeare_from_a_seeded_cache(tmp_path: Path,
     monkeypatch.setenv("LMFORGE_URL_TINYSHAKESPEARE", "http://127.0.0.1:9/unreachable")
     options = SourceOptions(cache_dir=tmp_path)
     with pytest.raises(DataError) as info:
-        list(remote.iter_named("tinyshakespeare", options))
+        list(sources.iter_documents("tinyshakespeare", options))
     # The message names the path to copy the file to; copying it there is enough.
     seeded = Path(re.search(r"copy tinyshakespeare\.txt to (\S+)$", str(info.value))[1])
     assert seeded.parent == tmp_path / "downloads"
     shutil.copyfile(SHAKESPEARE, seeded)
-    [doc] = remote.iter_named("tinyshakespeare", options)
+    [doc] = sources.iter_documents("tinyshakespeare", options)
     assert len(doc.text) == 1_115_394
 
 
 def test_unknown_named_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="known: tinyshakespeare"):
-        list(remote.iter_named("tinyshakespear", SourceOptions(cache_dir=tmp_path)))
+        remote.fetch_named("tinyshakespear", SourceOptions(cache_dir=tmp_path))
 
 
 # ---------------------------------------------------------------- Hugging Face datasets

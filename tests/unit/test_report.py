@@ -11,8 +11,8 @@ import pytest
 
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
-from lmforge.report import _wall_clock, default_out, write_report
-from lmforge.rundir import write_config
+from lmforge.rundir import RunDir, write_config
+from lmforge.runs.report import _wall_clock, default_out, write_report
 
 
 def test_wall_clock_continues_across_a_resume():
@@ -24,7 +24,7 @@ def test_wall_clock_continues_across_a_resume():
 def make_run(path, *, lr: float, steps: int = 6):
     cfg = Config()
     cfg.run.dir, cfg.optim.lr, cfg.data.path = str(path), lr, str(path / "no-data")
-    write_config(cfg, path)
+    write_config(cfg, RunDir(path))
     lines = [json.dumps({"kind": "train", "step": s, "loss": 5.0 / s, "grad_norm": 1.0, "lr": lr,
                          "tokens": 64 * s, "tokens_per_s": 1000.0, "elapsed_s": 0.1 * s})
              for s in range(1, steps + 1)]

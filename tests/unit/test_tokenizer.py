@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.config import CleanConfig
+from lmforge.config import CleanConfig, TokenizerConfig
 from lmforge.data import shards
 from lmforge.data.prepare import prepare
 from lmforge.data.tokenizer import load_tokenizer, train_tokenizer
@@ -135,7 +135,7 @@ def test_invalid_utf8_survives_prepare(kind, tmp_path):
     assert "\ufffd" in expected
     out = tmp_path / "ds"
     # Cleaning would trim the sample's trailing tabs; this test is about the bytes alone.
-    prepare([str(src)], out, tokenizer=kind, vocab_size=300, log=lambda _: None,
+    prepare([str(src)], out, tokenizer=TokenizerConfig(kind, 300), log=lambda _: None,
             clean=CleanConfig(whitespace=False, control_chars=False))
     tok = load_tokenizer(out / "tokenizer")
     decoded = "".join(tok.decode(shards.open_split(out, s).tolist()) for s in ("train", "val"))

@@ -5,20 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config as shared_config
+from helpers import trainer as make_trainer
 
-from lmforge.config import load_config
-from lmforge.train.trainer import Trainer
+# compared at tight tolerances, so fp32 (bf16 has a test of its own below)
+SETTINGS = {"train.log_every": "1", "eval.every": "10", "model.dropout": "0.1",
+            "train.precision": "fp32"}
 
 
 def tiny_config(dataset, run_dir, **extra):
-    overrides = {"data.path": str(dataset), "run.dir": str(run_dir), "model.n_layer": "2",
-                 "model.n_head": "2", "model.n_embd": "32", "model.block_size": "16",
-                 "train.batch_size": "4", "train.max_steps": "30", "train.log_every": "1",
-                 "train.progress": "false", "eval.every": "10", "eval.batches": "2",
-                 "checkpoint.every": "0", "model.dropout": "0.1",
-                 "train.precision": "fp32",  # compared at tight tolerances; bf16 below
-                 **extra}
-    return load_config("default", overrides)
+    return shared_config(dataset, run_dir, SETTINGS, extra)
 
 
 def losses(run_dir):
@@ -28,25 +24,19 @@ def losses(run_dir):
 
 def test_two_identical_runs_are_bit_identical(dataset, tmp_path):
     for name in ("a", "b"):
-        Trainer(tiny_config(dataset, tmp_path / name), tmp_path / name).fit()
+        make_trainer(tiny_config(dataset, tmp_path / name)).fit()
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     assert len(losses(tmp_path / "a")) == 30
     assert losses(tmp_path / "a")[-1] < losses(tmp_path / "a")[0]
 
 
 def test_resume_in_process_continues_the_same_run(dataset, tmp_path):
-    Trainer(tiny_config(dataset, tmp_path / "full"), tmp_path / "full").fit()
-    first = Trainer(tiny_config(dataset, tmp_path / "cut", **{"train.max_steps": "30",
-                                                             "checkpoint.every": "13",
-                                                             "checkpoint.keep_last": "9"}),
-                    tmp_path / "cut")
-    first.fit()
+    make_trainer(tiny_config(dataset, tmp_path / "full")).fit()
+    cut = {"checkpoint.every": "13", "checkpoint.keep_last": "9"}
+    make_trainer(tiny_config(dataset, tmp_path / "cut", **cut)).fit()
     # Go back to step 13 as if the run had died there, and continue.
     (tmp_path / "cut" / "checkpoints" / "latest").write_text("step_00000013\n")
-    second = Trainer(tiny_config(dataset, tmp_path / "cut", **{"checkpoint.every": "13",
-                                                             "checkpoint.keep_last": "9"}),
-                     tmp_path / "cut")
-    assert second.restore().name == "step_00000013"
+    second = make_trainer(tiny_config(dataset, tmp_path / "cut", **cut), resume=True)
     assert second.counters.step == 13
     second.fit()
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
@@ -61,7 +51,7 @@ def test_bf16_autocast_follows_the_fp32_losses(dataset, tmp_path):
         cfg = tiny_config(dataset, tmp_path / precision, **{
             "train.precision": precision, "model.dropout": "0.0", "train.max_steps": "60",
             "eval.every": "0"})
-        Trainer(cfg, tmp_path / precision).fit()
+        make_trainer(cfg).fit()
         runs[precision] = losses(tmp_path / precision)
     fp32, bf16 = runs["fp32"], runs["bf16"]
     assert len(fp32) == len(bf16) == 60 and fp32 != bf16  # really another path
@@ -71,7 +61,7 @@ def test_bf16_autocast_follows_the_fp32_losses(dataset, tmp_path):
 
 
 def test_auto_precision_is_bf16_exactly_where_the_hardware_has_it():
-    from lmforge.train.trainer import cpu_has_native_bf16, uses_bf16
+    from lmforge.distributed.device import cpu_has_native_bf16, uses_bf16
 
     cpu = torch.device("cpu")
     assert uses_bf16("auto", cpu) == cpu_has_native_bf16()
@@ -81,8 +71,8 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_has_it():
 def test_gradient_accumulation_averages_micro_batches(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path, **{"train.grad_accum": "3", "train.max_steps": "1",
                                             "model.dropout": "0.0", "optim.grad_clip": "0"})
-    trainer = Trainer(cfg, tmp_path)
-    reference = Trainer(cfg, tmp_path)
+    trainer = make_trainer(cfg)
+    reference = make_trainer(cfg)
     reference.model.load_state_dict(trainer.model.state_dict())
     trainer.train_step()
     # By hand: the mean of three micro-batch losses, one backward.
@@ -106,8 +96,8 @@ def test_early_stopping_and_best_checkpoint(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path, **{"train.max_steps": "400", "eval.every": "5",
                                             "eval.early_stop_patience": "2", "optim.lr": "0.5",
                                             "optim.warmup_steps": "0", "optim.schedule": "constant"})
-    result = Trainer(cfg, tmp_path).fit()
-    assert result["stopped"] == "early_stop" and result["step"] < 400
+    result = make_trainer(cfg).fit()
+    assert result.stopped == "early_stop" and result.step < 400
     best = (tmp_path / "checkpoints" / "best").read_text().strip()
     evals = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["kind"] == "eval"]
@@ -119,9 +109,9 @@ def test_early_stopping_and_best_checkpoint(dataset, tmp_path):
 def test_minutes_bound_stops_the_run(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path, **{"train.max_steps": "1000000",
                                             "train.max_minutes": "0.02"})
-    result = Trainer(cfg, tmp_path).fit()
-    assert result["stopped"] == "max_minutes" and 0 < result["step"] < 1000000
-    assert (tmp_path / "checkpoints" / f"step_{result['step']:08d}").is_dir()
+    result = make_trainer(cfg).fit()
+    assert result.stopped == "max_minutes" and 0 < result.step < 1000000
+    assert (tmp_path / "checkpoints" / f"step_{result.step:08d}").is_dir()
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 
@@ -131,4 +121,4 @@ def test_a_model_too_large_for_memory_is_one_clear_error(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path / "huge", **{"model.n_embd": "1048576", "model.n_head": "1",
                                                       "model.n_layer": "64"})
     with pytest.raises(ConfigError, match="does not fit in memory"):
-        Trainer(cfg, tmp_path / "huge")
+        make_trainer(cfg)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config as shared_config
+from helpers import trainer as make_trainer
 
-from lmforge.config import load_config
+from lmforge.config import TokenizerConfig
 from lmforge.data.prepare import prepare
 from lmforge.errors import DataError
-from lmforge.train.trainer import Trainer
 
 TEXT = "".join(f"{i} little pigs went to market and {i * 7 % 11} came home.\n" for i in range(40))
 
@@ -19,21 +20,19 @@ TEXT = "".join(f"{i} little pigs went to market and {i * 7 % 11} came home.\n" f
 def dataset(tmp_path_factory):
     work = tmp_path_factory.mktemp("rnn-data")
     (work / "pigs.txt").write_text(TEXT)
-    prepare([str(work / "pigs.txt")], work / "data", tokenizer="char", log=lambda _: None)
+    prepare([str(work / "pigs.txt")], work / "data", tokenizer=TokenizerConfig("char"), log=lambda _: None)
     return work / "data"
 
 
+# 8 streams of 16-token chunks through ~2,000 training tokens: a pass every 16 steps
+SETTINGS = {"model.arch": "lstm", "model.n_embd": "16", "train.batch_size": "8",
+            "train.max_steps": "40", "train.log_every": "1", "eval.every": "10",
+            "model.dropout": "0.1", "optim.warmup_steps": "5",
+            "train.precision": "fp32"}  # compared at tight tolerances
+
+
 def tiny_config(dataset, run_dir, **extra):
-    # 8 streams of 16-token chunks through ~2,000 training tokens: a pass every 16 steps
-    overrides = {"data.path": str(dataset), "run.dir": str(run_dir), "model.arch": "lstm",
-                 "model.n_layer": "2", "model.n_embd": "16", "model.block_size": "16",
-                 "train.batch_size": "8", "train.max_steps": "40", "train.log_every": "1",
-                 "train.progress": "false", "eval.every": "10", "eval.batches": "2",
-                 "eval.samples": "0", "checkpoint.every": "0", "model.dropout": "0.1",
-                 "optim.warmup_steps": "5", "train.tensorboard": "false",
-                 "train.precision": "fp32",  # compared at tight tolerances
-                 **extra}
-    return load_config("default", overrides)
+    return shared_config(dataset, run_dir, SETTINGS, extra)
 
 
 def losses(run_dir):
@@ -47,7 +46,7 @@ def states(state):
 
 @pytest.mark.parametrize("arch", ["lstm", "gru"])
 def test_state_is_carried_detached_and_reset_at_each_pass(dataset, tmp_path, arch):
-    trainer = Trainer(tiny_config(dataset, tmp_path, **{"model.arch": arch}), tmp_path)
+    trainer = make_trainer(tiny_config(dataset, tmp_path, **{"model.arch": arch}))
     chunks = trainer.train_data.chunks
     seen = []  # (incoming state, outgoing state) of every training forward
 
@@ -72,20 +71,20 @@ def test_state_is_carried_detached_and_reset_at_each_pass(dataset, tmp_path, arc
 
 def test_resume_across_a_pass_is_bit_identical(dataset, tmp_path):
     extra = {"train.grad_accum": "2", "train.batch_size": "4"}  # two micro-batches of streams
-    Trainer(tiny_config(dataset, tmp_path / "full", **extra), tmp_path / "full").fit()
+    make_trainer(tiny_config(dataset, tmp_path / "full", **extra)).fit()
     cut = {**extra, "checkpoint.every": "13", "checkpoint.keep_last": "9"}
-    Trainer(tiny_config(dataset, tmp_path / "cut", **cut), tmp_path / "cut").fit()
+    make_trainer(tiny_config(dataset, tmp_path / "cut", **cut)).fit()
     # Go back to step 13 as if the run had died there, and continue past the next pass.
     (tmp_path / "cut" / "checkpoints" / "latest").write_text("step_00000013\n")
-    second = Trainer(tiny_config(dataset, tmp_path / "cut", **cut), tmp_path / "cut")
-    assert second.restore().name == "step_00000013" and second.train_data.step == 13
+    second = make_trainer(tiny_config(dataset, tmp_path / "cut", **cut), resume=True)
+    assert second.train_data.step == 13
     second.fit()
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     assert len(losses(tmp_path / "full")) == 40
 
 
 def test_evaluation_streams_the_validation_split(dataset, tmp_path):
-    trainer = Trainer(tiny_config(dataset, tmp_path, **{"eval.batches": "0"}), tmp_path)
+    trainer = make_trainer(tiny_config(dataset, tmp_path, **{"eval.batches": "0"}))
     from lmforge.evaluate import mean_loss, stream_loss
 
     model, val = trainer.raw_model, trainer.val_tokens
@@ -98,7 +97,6 @@ def test_evaluation_streams_the_validation_split(dataset, tmp_path):
 
 
 def test_stream_resume_needs_the_same_number_of_streams(dataset, tmp_path):
-    Trainer(tiny_config(dataset, tmp_path, **{"train.max_steps": "3"}), tmp_path).fit()
-    other = Trainer(tiny_config(dataset, tmp_path, **{"train.batch_size": "4"}), tmp_path)
+    make_trainer(tiny_config(dataset, tmp_path, **{"train.max_steps": "3"})).fit()
     with pytest.raises(DataError, match="streamed 8 lanes in parallel, this run has 4"):
-        other.restore()
+        make_trainer(tiny_config(dataset, tmp_path, **{"train.batch_size": "4"}), resume=True)

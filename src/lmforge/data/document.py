@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.files import default_cache_dir
+
 # A source that knows its corpus's standard split sets meta["split"] to one of these, and
 # prepare then uses it instead of hashing the document id.
 TRAIN, VAL = "train", "val"
@@ -15,13 +17,6 @@ class Document:
     text: str
     id: str  # stable across runs: the split by hash depends on it
     meta: dict = field(default_factory=dict)
-
-
-def default_cache_dir() -> Path:
-    """Where downloads are kept: $LMFORGE_CACHE, else ~/.cache/lmforge."""
-    import os
-
-    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
 
 
 @dataclass(frozen=True)

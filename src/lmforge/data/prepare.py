@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmforge.config import CleanConfig
+from lmforge.config import CleanConfig, Config, DataConfig, TokenizerConfig, validate_data
 from lmforge.data import shards, stages
 from lmforge.data.clean import CleanStats, pos_statistics
 from lmforge.data.document import TRAIN, VAL, SourceOptions
@@ -34,7 +34,6 @@ from lmforge.data.report import (
 from lmforge.data.shards import ShardWriter, dtype_for
 from lmforge.data.sources import SourceStats, fingerprint, iter_units, source_files
 from lmforge.data.tokenizer import (
-    KINDS,
     find_tokenizer,
     load_tokenizer,
     tokenizer_digest,
@@ -216,28 +215,21 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     os.rename(tmp, out)
 
 
-def _settings(sources: list[str], *, tokenizer: str, vocab_size: int, val_fraction: float,
-              options: SourceOptions, clean: CleanConfig, shard_tokens: int,
-              tokenizer_sha256: str = "") -> dict[str, Any]:
+def _settings(sources: list[str], *, data: DataConfig, tokenizer: TokenizerConfig,
+              clean: CleanConfig, tokenizer_sha256: str = "") -> dict[str, Any]:
+    """What makes a dataset what it is, as its manifest records it: preparing again with the
+    same settings (and unchanged inputs) reuses the dataset instead of redoing it."""
     if not sources:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
-    if tokenizer not in KINDS:
-        raise DataError(f"unknown tokenizer kind '{tokenizer}'; choose one of {', '.join(KINDS)}")
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    if tokenizer == "bpe" and vocab_size < 257:  # fail before reading the corpus
-        raise DataError(f"tokenizer.vocab_size={vocab_size} is too small for a byte-level BPE "
-                        "tokenizer (needs at least 257); raise it")
-    if shard_tokens < 1:
-        raise DataError(f"shard_tokens must be at least 1, got {shard_tokens}")
+    validate_data(data, tokenizer)
     # Only bpe learns a vocabulary of a chosen size; char and byte ignore vocab_size, so it
     # must not make an otherwise identical dataset look different. The worker count is not
     # here either: it never changes the result.
-    settings = {"sources": list(sources), "tokenizer": tokenizer,
-                "vocab_size": vocab_size if tokenizer == "bpe" else 0,
-                "val_fraction": val_fraction, "text_field": options.text_field,
-                "split": options.split, "clean": dataclasses.asdict(clean),
-                "shard_tokens": shard_tokens}
+    settings = {"sources": list(sources), "tokenizer": tokenizer.kind,
+                "vocab_size": tokenizer.vocab_size if tokenizer.kind == "bpe" else 0,
+                "val_fraction": data.val_fraction, "text_field": data.text_field,
+                "split": data.split, "clean": dataclasses.asdict(clean),
+                "shard_tokens": data.shard_tokens}
     # A given tokenizer is known by its files. The key is there only then, so that datasets
     # prepared before it existed still compare equal.
     if tokenizer_sha256:
@@ -245,34 +237,51 @@ def _settings(sources: list[str], *, tokenizer: str, vocab_size: int, val_fracti
     return settings
 
 
-def prepare(sources: list[str], out: Path, *, tokenizer: str = "bpe", vocab_size: int = 8192,
-            val_fraction: float = 0.1, clean: CleanConfig | None = None,
-            options: SourceOptions | None = None, workers: int = 0,
-            shard_tokens: int = 100_000_000, log: Callable[[str], None] = print,
-            progress: bool = True, tokenizer_from: Path | None = None) -> dict[str, Any]:
+def ensure_dataset(cfg: Config, *, log: Callable[[str], None]) -> None:
+    """Prepare data.source into data.path unless a prepared dataset is already there (what
+    `lmforge train` does for a recipe that names its corpus)."""
+    path = Path(cfg.data.path)
+    if (path / shards.MANIFEST).is_file():
+        return
+    if not cfg.data.source:
+        raise DataError(f"no prepared dataset at {path}; run `lmforge prepare --data SOURCE "
+                        f"--out {path}` or set --data.source")
+    source_files([cfg.data.source])  # a missing file is an error before anything is said
+    log(f"preparing {cfg.data.source} into {path} (done once, reused afterwards)")
+    prepare([cfg.data.source], path, data=cfg.data, tokenizer=cfg.tokenizer, clean=cfg.clean,
+            log=log, progress=cfg.train.progress)
+
+
+def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
+            tokenizer: TokenizerConfig | None = None, clean: CleanConfig | None = None,
+            tokenizer_from: Path | None = None, log: Callable[[str], None] = print,
+            progress: bool = True) -> dict[str, Any]:
     """Prepare `sources` into the dataset directory `out` and return its manifest.
 
-    workers=0 uses one worker process per CPU core, or none for inputs too small to gain.
-    tokenizer_from (a tokenizer directory, a prepared dataset or a run) gives the tokenizer
-    instead of training one, as evaluating or fine-tuning a model on new text needs; then
-    `tokenizer` and `vocab_size` are its own."""
+    `data` gives the split, reading and sharding settings (data.path and data.source are
+    the caller's: `out` and `sources`), `tokenizer` the tokenizer to train, `clean` the
+    cleaning; each defaults to its config's defaults. data.workers=0 uses one worker
+    process per CPU core, or none for inputs too small to gain. tokenizer_from (a tokenizer
+    directory, a prepared dataset or a run) gives the tokenizer instead of training one, as
+    evaluating or fine-tuning a model on new text needs."""
     t0 = time.perf_counter()
     out = Path(out)
-    options = options or SourceOptions()
-    clean = clean or CleanConfig()
+    data, tokenizer, clean = data or DataConfig(), tokenizer or TokenizerConfig(), clean or CleanConfig()
+    options = SourceOptions(text_field=data.text_field, split=data.split)
     digest = ""
     if tokenizer_from is not None:
         tokenizer_from = find_tokenizer(Path(tokenizer_from))
         given = load_tokenizer(tokenizer_from)
-        tokenizer, vocab_size, digest = given.kind, given.vocab_size, tokenizer_digest(tokenizer_from)
-    settings = _settings(sources, tokenizer=tokenizer, vocab_size=vocab_size,
-                         val_fraction=val_fraction, options=options, clean=clean,
-                         shard_tokens=shard_tokens, tokenizer_sha256=digest)
+        tokenizer = TokenizerConfig(kind=given.kind, vocab_size=given.vocab_size)
+        digest = tokenizer_digest(tokenizer_from)
+    settings = _settings(sources, data=data, tokenizer=tokenizer, clean=clean,
+                         tokenizer_sha256=digest)
     fp = fingerprint(settings["sources"], options)
     reused = _existing(out, settings, fp, log)
     if reused is not None:
         log(f"reusing prepared dataset at {out}")
         return reused
+    workers = data.workers
     if workers == 0:
         local = all(source_files([spec], options) for spec in sources)  # remote sizes are unknown
         size = sum(p.stat().st_size for p in source_files(list(sources), options))

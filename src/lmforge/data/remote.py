@@ -7,11 +7,9 @@ it is a DataError that says how to get the data onto the machine by hand.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import http.client
-import itertools
 import os
 import re
 import socket
@@ -161,37 +159,12 @@ def download(url: str, *, cache_dir: Path, sha256: str | None = None,
     return _fetch(url, dest, sha256=sha256, log=log or (lambda _: None), hint=_HAND_HINT)
 
 
-def _local_docs(path: Path, base_id: str, options: SourceOptions) -> Iterator[Document]:
-    """A downloaded file read as a local source, with ids built on `base_id`, not the cache."""
-    from lmforge.data.sources import iter_documents  # sources imports this module
-
-    docs = iter_documents(str(path), options)
-    head = list(itertools.islice(docs, 2))
-    if len(head) == 1:  # a file that is one document is named by where it came from
-        yield _rebase(head[0], base_id, base_id)
-        return
-    for doc in itertools.chain(head, docs):
-        yield _rebase(doc, base_id, _sub_id(doc.id, path.name, base_id))
+def fetch_url(url: str, options: SourceOptions) -> Path:
+    """The file at `url`, downloaded once into options.cache_dir (sources.py reads it)."""
+    return download(url, cache_dir=options.cache_dir, log=_say)
 
 
-def _sub_id(doc_id: str, cache_name: str, base_id: str) -> str:
-    # A reader names documents after the file ("<key>-data.jsonl:3"); the cache key is ours.
-    if doc_id.startswith(cache_name):
-        return base_id + doc_id[len(cache_name):]
-    return f"{base_id}:{doc_id}"
-
-
-def _rebase(doc: Document, base_id: str, new_id: str) -> Document:
-    return dataclasses.replace(doc, id=new_id, meta={**doc.meta, "source": base_id})
-
-
-def iter_url(url: str, options: SourceOptions) -> Iterator[Document]:
-    """The documents of the file at `url`, downloaded once into options.cache_dir."""
-    path = download(url, cache_dir=options.cache_dir, log=_say)
-    yield from _local_docs(path, url, options)
-
-
-def iter_named(name: str, options: SourceOptions) -> Iterator[Document]:
+def fetch_named(name: str, options: SourceOptions) -> Path:
     """A well-known corpus by name; $LMFORGE_URL_<NAME> points at a mirror instead."""
     if name not in NAMED_DATASETS:
         raise DataError(f"unknown named dataset {name!r}; known: {', '.join(NAMED_DATASETS)}")
@@ -200,9 +173,7 @@ def iter_named(name: str, options: SourceOptions) -> Iterator[Document]:
     # Cached under the canonical URL whatever the mirror: the checksum vouches for the bytes,
     # and a user can seed the cache by hand at one documented path.
     dest = _cache_path(known.url, options.cache_dir, known.filename)
-    path = _fetch(url, dest, sha256=known.sha256, log=_say,
-                  hint=f"copy {known.filename} to {dest}")
-    yield from _local_docs(path, name, options)
+    return _fetch(url, dest, sha256=known.sha256, log=_say, hint=f"copy {known.filename} to {dest}")
 
 
 # ---------------------------------------------------------------- Hugging Face datasets

@@ -15,8 +15,10 @@ parses them in this process.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
+import itertools
 import json
 import os
 import sysconfig
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.data import formats, reuters
+from lmforge.data import formats, remote, reuters
 from lmforge.data.document import Document, SourceOptions
 from lmforge.data.formats import SourceStats
 from lmforge.data.units import Unit, document_units
@@ -57,16 +59,6 @@ def _is_glob(spec: str) -> bool:
     return any(c in _GLOB_CHARS for c in spec)
 
 
-def _named_datasets() -> dict:
-    try:
-        import lmforge.data.remote as remote
-    except ModuleNotFoundError as err:  # remote.py not there yet: no names are known
-        if err.name != "lmforge.data.remote":
-            raise
-        return {}
-    return remote.NAMED_DATASETS
-
-
 def _remote_kind(spec: str) -> str | None:
     """'nltk', 'hf', 'url' or 'named' for a remote spec; None for a local one."""
     if spec == STDLIB:
@@ -77,24 +69,45 @@ def _remote_kind(spec: str) -> str | None:
         return "hf"
     if spec.startswith(("http://", "https://")):
         return "url"
-    if spec in _named_datasets() and not Path(spec).exists():
+    if spec in remote.NAMED_DATASETS and not Path(spec).exists():
         return "named"
     return None
 
 
 def _iter_remote(kind: str, spec: str, options: SourceOptions) -> Iterator[Document]:
-    # Imported only when used, so that an optional dependency of one remote kind matters
-    # only to those who use it.
-    from lmforge.data import remote
-
+    # An optional dependency of one remote kind (datasets, nltk's data) is imported by
+    # remote.py only when that kind is used.
     if kind == "nltk":
         return remote.iter_nltk(spec[len("nltk:"):], options)
     if kind == "hf":
         name, _, config = spec[len("hf:"):].partition(":")
         return remote.iter_hf(name, config or None, options)
     if kind == "url":
-        return remote.iter_url(spec, options)
-    return remote.iter_named(spec, options)
+        return _downloaded(remote.fetch_url(spec, options), spec, options)
+    return _downloaded(remote.fetch_named(spec, options), spec, options)
+
+
+def _downloaded(path: Path, base_id: str, options: SourceOptions) -> Iterator[Document]:
+    """A downloaded file read as a local source, with ids built on `base_id` (the URL or the
+    dataset's name), not on the cache's file name."""
+    docs = iter_documents(str(path), options)
+    head = list(itertools.islice(docs, 2))
+    if len(head) == 1:  # a file that is one document is named by where it came from
+        yield _rebase(head[0], base_id, base_id)
+        return
+    for doc in itertools.chain(head, docs):
+        yield _rebase(doc, base_id, _sub_id(doc.id, path.name, base_id))
+
+
+def _sub_id(doc_id: str, cache_name: str, base_id: str) -> str:
+    # A reader names documents after the file ("<key>-data.jsonl:3"); the cache key is ours.
+    if doc_id.startswith(cache_name):
+        return base_id + doc_id[len(cache_name):]
+    return f"{base_id}:{doc_id}"
+
+
+def _rebase(doc: Document, base_id: str, new_id: str) -> Document:
+    return dataclasses.replace(doc, id=new_id, meta={**doc.meta, "source": base_id})
 
 
 def _stdlib_inputs() -> list[_Input]:

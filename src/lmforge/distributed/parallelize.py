@@ -4,8 +4,17 @@
 
 Tensor parallelism first, because it replaces parameters with DTensors that the later
 steps must see; activation checkpointing and compile wrap each block; data parallelism
-last, since it shards (FSDP2) or replicates (DDP) whatever the earlier steps produced. The
-model itself never knows: nothing under models/ imports torch.distributed.
+last, since it shards (FSDP2) or replicates (DDP) whatever the earlier steps produced.
+
+What to split is the model's own declaration (`model.parallel_plan()`, beside each model
+family's definition): its repeated blocks and how tensor parallelism splits each block's
+linear layers. Nothing here names a module of a model, and the model itself never knows
+it is parallel: nothing under models/ imports torch.distributed.
+
+A sharded model (FSDP, TP) is built on the meta device on every rank, so no rank ever
+holds a full copy it does not need; each rank then gets storage for its own shards
+(`to_empty`), filled from rank 0's full weights (`full_weights`, `load_from_rank0`), so
+every strategy starts from exactly the weights a single process would have.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from torch import nn
 from lmforge.config import ParallelConfig
 from lmforge.distributed.env import DistInfo
 from lmforge.errors import ConfigError
+from lmforge.models.parallel_plan import ParallelPlan
 
-STRATEGIES = ("auto", "single", "ddp", "fsdp", "tp", "fsdp+tp")
+SHARDED = ("fsdp", "tp", "fsdp+tp")  # strategies under which a rank holds part of the weights
+TENSOR_PARALLEL = ("tp", "fsdp+tp")
 
 
 def resolve_strategy(strategy: str, info: DistInfo) -> str:
@@ -36,64 +47,56 @@ def resolve_strategy(strategy: str, info: DistInfo) -> str:
     return strategy
 
 
-def _blocks(model: nn.Module) -> nn.ModuleList | None:
-    return getattr(model, "blocks", None)
+def check_tensor_parallel(plan: ParallelPlan, *, tp: int, strategy: str) -> None:
+    """Refuse, before anything is built, a model tensor parallelism cannot split `tp` ways."""
+    if not plan.block_tp:
+        raise ConfigError(f"parallel.strategy={strategy}: tensor parallelism splits attention "
+                          f"heads and MLPs, and {plan.no_tp_reason or 'this model has neither'}; "
+                          "use parallel.strategy=ddp (or fsdp)")
+    for key, size in plan.tp_divisible.items():
+        if size % tp:
+            raise ConfigError(f"{key}={size} does not split over {tp} tensor-parallel ranks; "
+                              f"pick a {key.split('.')[-1]} divisible by parallel.tp")
 
 
-def apply_tp(model: nn.Module, mesh) -> None:
-    """Megatron-style tensor parallelism of every Transformer block: q/k/v and the MLP's
-    input projections split by output features (each rank holds whole heads), the output
-    projections by input features, so each block needs one all-reduce in attention and one
-    in the MLP. Embeddings, norms and the output layer stay replicated."""
+def apply_tp(plan: ParallelPlan, mesh) -> None:
+    """Megatron-style tensor parallelism of every block, as the model's plan says: column-wise
+    layers split their output features (each rank holds whole heads), row-wise ones their
+    input features, so each block needs one all-reduce in attention and one in the MLP."""
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         RowwiseParallel,
         parallelize_module,
     )
 
-    blocks = _blocks(model)
-    if blocks is None:
-        raise ConfigError("tensor parallelism splits attention heads and MLPs; model.arch="
-                          f"{model.cfg.arch} has neither. Use parallel.strategy=ddp")
-    cfg = model.cfg
-    tp = mesh.size()
-    if cfg.n_head % tp:
-        raise ConfigError(f"model.n_head={cfg.n_head} does not split over {tp} tensor-parallel "
-                          "ranks; pick a number of heads divisible by parallel.tp")
-    for block in blocks:
-        plan = {"attn.q_proj": ColwiseParallel(), "attn.k_proj": ColwiseParallel(),
-                "attn.v_proj": ColwiseParallel(), "attn.c_proj": RowwiseParallel()}
-        if cfg.mlp == "swiglu":
-            plan.update({"mlp.w1": ColwiseParallel(), "mlp.w3": ColwiseParallel(),
-                         "mlp.c_proj": RowwiseParallel()})
-        else:
-            plan.update({"mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()})
-        parallelize_module(block, mesh, plan)
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+    check_tensor_parallel(plan, tp=mesh.size(), strategy="tp")
+    for block in plan.blocks or []:
+        parallelize_module(block, mesh, {name: styles[style]()
+                                         for name, style in plan.block_tp.items()})
 
 
-def apply_ac(model: nn.Module) -> None:
+def apply_ac(plan: ParallelPlan, arch: str) -> None:
     """Recompute each block's activations in the backward pass instead of storing them."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    blocks = _blocks(model)
-    if blocks is None:
+    if plan.blocks is None:
         raise ConfigError(f"parallel.activation_checkpointing works block by block; "
-                          f"model.arch={model.cfg.arch} has no blocks")
-    for i, block in enumerate(blocks):
-        blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+                          f"model.arch={arch} has no blocks")
+    for i, block in enumerate(plan.blocks):
+        plan.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, plan: ParallelPlan) -> None:
     """Compile each block on its own: the blocks are alike, so one compiled graph serves all."""
-    blocks = _blocks(model)
-    if blocks is None:
+    if plan.blocks is None:
         model.compile()
         return
-    for block in blocks:
+    for block in plan.blocks:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, mesh, *, reshard_after_forward: bool,
+def apply_fsdp(model: nn.Module, plan: ParallelPlan, mesh, *, reshard_after_forward: bool,
                param_dtype: torch.dtype | None) -> None:
     """FSDP2: each block its own unit (its parameters gathered just in time), then the root
     for what is left (embeddings, final norm, output layer). reshard_after_forward=True
@@ -102,7 +105,7 @@ def apply_fsdp(model: nn.Module, mesh, *, reshard_after_forward: bool,
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in _blocks(model) or []:
+    for block in plan.blocks or []:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward,
                     mp_policy=policy)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
@@ -112,25 +115,42 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # gradients live in the communication buckets themselves: no second copy of them
+    # gradients live in the communication buckets themselves: no second copy of them. DDP
+    # also copies rank 0's weights to every rank as it starts.
     return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
-def parallelize(model: nn.Module, cfg: ParallelConfig, info: DistInfo, *, strategy: str,
-                device: torch.device, param_dtype: torch.dtype | None) -> nn.Module:
-    """The model to train, wrapped as `strategy` says (it is already on `device`)."""
-    if strategy in ("tp", "fsdp+tp"):
-        apply_tp(model, info.mesh["tp"])
+def parallelize(model: nn.Module, plan: ParallelPlan, cfg: ParallelConfig, info: DistInfo, *,
+                strategy: str, arch: str, device: torch.device,
+                param_dtype: torch.dtype | None) -> nn.Module:
+    """The model to train, wrapped as `strategy` says (on `device`, or on the meta device for
+    a sharded strategy, to be materialized afterwards)."""
+    if strategy in TENSOR_PARALLEL:
+        apply_tp(plan, info.mesh["tp"])
     if cfg.activation_checkpointing:
-        apply_ac(model)
+        apply_ac(plan, arch)
     if cfg.compile:
-        apply_compile(model)
+        apply_compile(model, plan)
     if strategy in ("fsdp", "fsdp+tp"):
-        apply_fsdp(model, info.mesh["dp"], reshard_after_forward=cfg.reshard_after_forward,
+        apply_fsdp(model, plan, info.mesh["dp"], reshard_after_forward=cfg.reshard_after_forward,
                    param_dtype=param_dtype)
     elif strategy == "ddp":
         return apply_ddp(model, device)
     return model
+
+
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A built (unsharded) model's weights, for `load_from_rank0` on rank 0."""
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+
+def load_from_rank0(model: nn.Module, weights: dict[str, torch.Tensor] | None) -> None:
+    """Fill a sharded model (materialized with `to_empty`) from rank 0's full `weights` (None
+    on the other ranks): each rank receives and keeps its own shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, weights or {}, options=options)
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -144,7 +164,7 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
 
     if not any(isinstance(g, DTensor) for g in grads):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    groups: dict[tuple, list[torch.Tensor]] = {}
+    groups: dict[tuple | None, list[torch.Tensor]] = {}
     for g in grads:
         key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else None
         groups.setdefault(key, []).append(g)
@@ -181,7 +201,9 @@ def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model under a DDP wrapper (FSDP2 and TP modify the model in place)."""
-    return getattr(model, "module", model) if hasattr(model, "no_sync") else model
+    inner = getattr(model, "module", model) if hasattr(model, "no_sync") else model
+    assert isinstance(inner, nn.Module)
+    return inner
 
 
 @contextlib.contextmanager

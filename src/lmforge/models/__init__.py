@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT
 from lmforge.models.rnn import RecurrentLM
 
 # the recurrent names share one class, which reads its cell from cfg.arch
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "rnn": RecurrentLM, "lstm": RecurrentLM,
+MODELS: dict[str, type[GPT] | type[RecurrentLM]] = {"gpt": GPT, "rnn": RecurrentLM, "lstm": RecurrentLM,
                                       "gru": RecurrentLM}
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
+# Every model follows `forward(tokens, state=None) -> (logits, state)` (DESIGN.md).
+LanguageModel = GPT | RecurrentLM
+
+
+def build_model(cfg: ModelConfig) -> LanguageModel:
     """The model named by cfg.arch, initialized on the current default device."""
     if cfg.arch not in MODELS:
         raise ConfigError(f"model.arch: unknown architecture '{cfg.arch}'; "

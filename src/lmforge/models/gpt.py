@@ -20,6 +20,7 @@ from lmforge.models.layers import (
     make_norm,
     rope_tables,
 )
+from lmforge.models.parallel_plan import ParallelPlan, TPStyle
 
 
 class Block(nn.Module):
@@ -31,6 +32,12 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.norm2 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
         self.mlp = make_mlp(cfg)
+
+    def tp_plan(self) -> dict[str, TPStyle]:
+        """How tensor parallelism splits this block: its attention's and its MLP's own plans,
+        under the names this block gives them."""
+        return {**{f"attn.{k}": v for k, v in self.attn.TP_PLAN.items()},
+                **{f"mlp.{k}": v for k, v in self.mlp.TP_PLAN.items()}}
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -62,16 +69,20 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
 
+    def tie_weights(self) -> None:
+        """With tie_embeddings, one tensor is both the input embedding and the output layer."""
+        if self.cfg.tie_embeddings and self.lm_head.weight is not self.wte.weight:
+            self.lm_head.weight = self.wte.weight
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2 initialization, and the rotary tables.
 
-        Called by the constructor; call it again after building on the meta device and
-        materializing with `to_empty`, which leaves parameters and buffers uninitialized
-        and gives the tied output layer a parameter of its own (so tie again here).
+        Called by the constructor. A model built on the meta device and materialized with
+        `to_empty` has no values yet: distributed/parallelize.py gives it rank 0's weights
+        and calls `reset_buffers`; the tie is made again here in case a copy broke it.
         """
-        if self.cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        self.tie_weights()
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -84,12 +95,25 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        self.reset_buffers()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """The buffers computed from the config (the rotary tables), which no checkpoint holds."""
         if self.cfg.pos == "rope":
             cos, sin = rope_tables(self.cfg.n_embd // self.cfg.n_head, self.cfg.block_size,
                                    theta=self.cfg.rope_theta, device=self.rope_cos.device,
                                    dtype=self.rope_cos.dtype)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
+
+    def parallel_plan(self) -> ParallelPlan:
+        """The blocks are the units of sharding, recomputation and compilation; tensor
+        parallelism splits each block's attention heads and MLP (embeddings, norms and the
+        output layer stay whole), so the heads must divide among the ranks."""
+        blocks = self.blocks
+        return ParallelPlan(blocks=blocks, block_tp=Block.tp_plan(blocks[0]) if blocks else {},
+                            tp_divisible={"model.n_head": self.cfg.n_head})
 
     def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the cache, if given,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
+from lmforge.models.parallel_plan import TPStyle
 
 # One epsilon for both norms (LayerNorm's default, Llama 2's rms_norm_eps). RMSNorm's own
 # default takes finfo(dtype).eps, which would make bf16 and fp32 runs normalize differently.
@@ -109,6 +110,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, dropout_p
 
 
 class CausalSelfAttention(nn.Module):
+    # Tensor parallelism: q, k and v split by output features, so each rank holds whole
+    # heads; the output projection by input features, summed across ranks.
+    TP_PLAN: dict[str, TPStyle] = {"q_proj": "colwise", "k_proj": "colwise",
+                                   "v_proj": "colwise", "c_proj": "rowwise"}
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.n_embd % cfg.n_head:
@@ -155,6 +161,8 @@ class MLP(nn.Module):
     """GPT-2's feed-forward block: exact GELU (model.mlp=gelu) or GPT-2's tanh approximation
     of it (gelu_tanh, HF's gelu_new)."""
 
+    TP_PLAN: dict[str, TPStyle] = {"c_fc": "colwise", "c_proj": "rowwise"}
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         hidden = int(cfg.mlp_ratio * cfg.n_embd)
@@ -175,6 +183,8 @@ def swiglu_hidden(n_embd: int, mlp_ratio: float) -> int:
 
 class SwiGLU(nn.Module):
     """Llama's feed-forward block: c_proj(silu(w1 x) * w3 x)."""
+
+    TP_PLAN: dict[str, TPStyle] = {"w1": "colwise", "w3": "colwise", "c_proj": "rowwise"}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

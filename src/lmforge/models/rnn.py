@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
+from lmforge.models.parallel_plan import ParallelPlan
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -48,6 +49,11 @@ class RecurrentLM(nn.Module):
             self.lm_head.weight = self.wte.weight  # one tensor: input and output embedding
         self.init_weights()
 
+    def tie_weights(self) -> None:
+        """With tie_embeddings, one tensor is both the input embedding and the output layer."""
+        if self.cfg.tie_embeddings and self.lm_head.weight is not self.wte.weight:
+            self.lm_head.weight = self.wte.weight
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """Initialization for recurrent nets, gate by gate: orthogonal recurrent weights keep
@@ -55,11 +61,11 @@ class RecurrentLM(nn.Module):
         scale between layers, biases are zero except the LSTM forget gate's, set to 1 so that
         the cell remembers by default early in training (Jozefowicz et al. 2015).
 
-        Called by the constructor; call it again after building on the meta device and
-        materializing with `to_empty`, which unties the output layer (so tie again here).
+        Called by the constructor. A model built on the meta device gets its weights from
+        rank 0 instead (distributed/parallelize.py); the tie is made again here in case a
+        copy broke it.
         """
-        if self.cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        self.tie_weights()
         # small uniform embeddings, as in word_language_model; the tied output layer shares them
         nn.init.uniform_(self.wte.weight, -0.1, 0.1)
         if not self.cfg.tie_embeddings:
@@ -78,6 +84,14 @@ class RecurrentLM(nn.Module):
                     nn.init.zeros_(gate)
             if self.cfg.arch == "lstm" and name.startswith("bias_ih"):
                 p[hidden:2 * hidden].fill_(1.0)  # gate order i, f, g, o; bias_hh adds 0
+
+    def parallel_plan(self) -> ParallelPlan:
+        """No repeated blocks to shard, recompute or compile one by one: FSDP shards the whole
+        model as one unit, and tensor parallelism has nothing it can split."""
+        return ParallelPlan(no_tp_reason=f"model.arch={self.cfg.arch} has neither")
+
+    def reset_buffers(self) -> None:
+        """No buffers: everything a recurrent model computes with is a weight."""
 
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the state after the

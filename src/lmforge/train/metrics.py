@@ -1,19 +1,13 @@
-"""What a run tells the world: console lines, a progress bar, metrics.jsonl and a loss plot."""
+"""What a run tells the world: its progress, metrics.jsonl and a loss plot."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from tqdm import tqdm
-
-
-def log(message: str) -> None:
-    """One line for the user, on stderr so that stdout stays clean for samples and --json."""
-    tqdm.write(message, file=sys.stderr)
+from lmforge.console import Progress, log
 
 
 class MetricsLog:
@@ -43,28 +37,37 @@ class MetricsLog:
         tmp.replace(self.path)
 
 
-class Progress:
-    """A tqdm bar on a terminal; plain periodic lines elsewhere (CI logs, pipes)."""
+class TrainProgress:
+    """A bar on a terminal that moves every step, whose end (and so its ETA) is where
+    train.max_minutes will stop the run when that comes before train.max_steps; without a
+    terminal, or with train.progress=false, a line every train.log_every steps instead."""
 
-    def __init__(self, *, total: int, initial: int, enabled: bool, every: int,
-                 quiet: bool = False) -> None:
-        self.bar = None
-        self.every = every
-        self.quiet = quiet  # ranks other than 0 say nothing
-        if enabled and sys.stderr.isatty():
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
-        self.total = total
+    def __init__(self, *, max_steps: int, first_step: int, max_minutes: float, log_every: int,
+                 enabled: bool, stream: IO[str] | None = None) -> None:
+        self.max_steps, self.first_step, self.log_every = max_steps, first_step, log_every
+        self.max_s = max_minutes * 60 if max_minutes > 0 else math.inf
+        bar = Progress("train", total=max_steps, initial=first_step, unit="step",
+                       enabled=enabled, every_s=math.inf, stream=stream)
+        self.bar = bar if bar.bar is not None else None
 
-    def update(self, step: int, *, loss: float, tokens_per_s: float, lr: float,
-               mfu: float = math.nan) -> None:
+    def expected_last_step(self, step: int, elapsed: float) -> int:
+        """Where the run will stop: max_steps, or earlier where the time limit comes first
+        at the pace so far (evaluations and saves included)."""
+        if not math.isfinite(self.max_s) or step <= self.first_step:
+            return self.max_steps
+        per_step = elapsed / (step - self.first_step)
+        left = max(0.0, self.max_s - elapsed)
+        return min(self.max_steps, step + math.ceil(left / per_step))
+
+    def update(self, step: int, *, loss: float, elapsed: float, tokens_per_s: float,
+               lr: float, mfu: float = math.nan) -> None:
         util = f"{mfu:.1%}" if math.isfinite(mfu) else "–"
         if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=util,
-                                 lr=f"{lr:.2e}", refresh=False)
-        elif not self.quiet and (step % self.every == 0 or step == self.total):
-            log(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+            self.bar.set_total(self.expected_last_step(step, elapsed))
+            self.bar.update(step, f"loss {loss:.4f}, {tokens_per_s:,.0f} tok/s, mfu {util}, "
+                                  f"lr {lr:.2e}")
+        elif step % self.log_every == 0 or step == self.max_steps:
+            log(f"step {step}/{self.max_steps}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
                 f"mfu {util}  lr {lr:.2e}")
 
     def close(self) -> None:

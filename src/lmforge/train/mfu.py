@@ -16,6 +16,7 @@ The peak of one device comes from, in order:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.data.document import default_cache_dir
+from lmforge.files import default_cache_dir
 
 CACHE_FILE = "peak_flops.json"
 # Dense (no sparsity) peak FLOP/s per GPU from the vendors' datasheets: bf16, and for fp32
@@ -157,3 +158,39 @@ def peak_flops(device: torch.device, dtype: torch.dtype, *, configured_tflops: f
 
 def mfu(tokens_per_s: float, *, flops_per_token: float, peak: float, devices: int = 1) -> float:
     return tokens_per_s * flops_per_token / (peak * devices) if peak > 0 else float("nan")
+
+
+class Utilization:
+    """A run's MFU: the device's peak, found once at the start (rank 0 reports it; the other
+    ranks compute nothing), and the share of it a throughput is."""
+
+    def __init__(self, *, device: torch.device, dtype: torch.dtype, flops_per_token: int,
+                 devices: int, configured_tflops: float, report: bool) -> None:
+        self.device, self.dtype, self.devices = device, dtype, devices
+        self.flops_per_token, self.configured_tflops = flops_per_token, configured_tflops
+        self.report = report
+        self.peak, self.source = math.nan, ""
+
+    def find_peak(self) -> str:
+        """Measure or look up the peak; the line that says what it is and where it comes from."""
+        if not self.report:
+            return ""
+        self.peak, self.source = peak_flops(self.device, self.dtype,
+                                            configured_tflops=self.configured_tflops)
+        return (f"{self.flops_per_token / 1e6:,.1f} MFLOPs per token; device peak "
+                f"{self.peak / 1e12:,.3g} TFLOP/s ({self.source})")
+
+    def of(self, tokens_per_s: float) -> float:
+        return mfu(tokens_per_s, flops_per_token=self.flops_per_token, peak=self.peak,
+                   devices=self.devices)
+
+    def check(self, tokens_per_s: float) -> str:
+        """A run faster than the probed peak shows the probe was taken on a busy machine:
+        raise the cached figure to what this run reached; the line that says so, or ""."""
+        achieved = tokens_per_s * self.flops_per_token / self.devices
+        if not (self.report and self.source.startswith("matmul probe") and achieved > self.peak):
+            return ""
+        raise_cached_peak(self.device, self.dtype, achieved)
+        return (f"this run reached {achieved / 1e12:.3g} TFLOP/s per device, above the probed "
+                f"peak ({self.peak / 1e12:.3g}; measured while the machine was busy?), so MFU "
+                "above read high; the cached peak is raised, and `lmforge bench` measures it again")

@@ -2,9 +2,9 @@
 cost the most.
 
 The first WARMUP steps are left out (allocator, thread pools, compilation), then N steps
-are recorded. Each rank writes RUN/profile/trace-rankR.json, which opens in Perfetto
-(ui.perfetto.dev) or chrome://tracing; rank 0 writes RUN/profile/top_ops.txt, the top
-operators by their own time, and prints it.
+are recorded. Each rank writes trace-rankR.json into the run's profile directory
+(RUN/profile/), which opens in Perfetto (ui.perfetto.dev) or chrome://tracing; rank 0
+writes top_ops.txt there, the top operators by their own time, and prints it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from typing import Any
 import torch
 
 WARMUP = 5
-PROFILE_DIR = "profile"
 TOP_OPS = 25
 
 
 class StepProfiler:
     """Call step() after every training step; a no-op unless steps > 0."""
 
-    def __init__(self, run_dir: Path, *, steps: int, rank: int, device: torch.device,
+    def __init__(self, directory: Path, *, steps: int, rank: int, device: torch.device,
                  log: Callable[[str], None]) -> None:
         self.steps, self.rank, self.log = steps, rank, log
-        self.dir = Path(run_dir) / PROFILE_DIR
+        self.dir = Path(directory)
         self.done = steps <= 0
         self._prof: Any = None
         if self.done:

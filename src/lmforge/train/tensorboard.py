@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-TB_DIR = "tb"
 # metrics.jsonl field → TensorBoard tag, per kind of record
 TAGS = {
     "train": {"loss": "train/loss", "bpb": "train/bpb", "grad_norm": "train/grad_norm",
@@ -32,10 +31,11 @@ TAGS = {
 class TensorBoard:
     """Scalars and texts for one run; a no-op when disabled."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, bpb_factor: float = math.nan) -> None:
-        """bpb_factor: train loss (nats per token) times this is bits per byte, that is
-        tokens / (bytes x ln 2) of the train split; NaN leaves train/bpb out."""
-        self.log_dir = Path(run_dir) / TB_DIR
+    def __init__(self, log_dir: Path, *, enabled: bool, bpb_factor: float = math.nan) -> None:
+        """log_dir: the run's RUN/tb/. bpb_factor: train loss (nats per token) times this is
+        bits per byte, that is tokens / (bytes x ln 2) of the train split; NaN leaves
+        train/bpb out."""
+        self.log_dir = Path(log_dir)
         self.enabled = enabled
         self.bpb_factor = bpb_factor
         self.purge_step: int | None = None

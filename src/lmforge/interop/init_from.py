@@ -1,7 +1,7 @@
 """`lmforge train --init-from DIR`: a new run that starts from weights trained elsewhere.
 
-DIR is a Hugging Face GPT-2 or Llama-style model directory (`hf.import_hf`) or the output
-of `lmforge export --format safetensors` (`hf.import_safetensors`), for continued
+DIR is a Hugging Face GPT-2 or Llama-style model directory (`hf_import.import_hf`) or the
+output of `lmforge export --format safetensors` (`hf_import.import_safetensors`), for continued
 pre-training or fine-tuning on the user's corpus, with the user's tokenizer.
 
 The architecture comes from DIR, since the weights only fit the model they were trained
@@ -9,23 +9,25 @@ in: a recipe's [model] values are replaced (and said so), and a `--model.X` on t
 command line that disagrees with DIR is an error. Two fields are the run's own choice:
 model.dropout (a training setting, not part of the function the weights compute) and a
 model.block_size shorter than DIR's (a shorter context; the learned position table is cut
-to its first rows). Rank 0 resolves the config (`resolve_config`); every rank then loads
-the weights itself (`load_state`) and the trainer copies them into the model before it is
-parallelized, so DIR must be readable on every machine of a multi-node job.
+to its first rows). Rank 0 alone reads DIR: it resolves the config (`resolve_config`) and
+loads the weights (`load_state`) into its model before it is parallelized; the other ranks
+receive them from it (DDP's first broadcast, or the materialization of a sharded model),
+so DIR needs to be on rank 0's machine only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from torch import Tensor, nn
 
-from lmforge import hf
 from lmforge.config import Config, ModelConfig
+from lmforge.data import shards
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+from lmforge.interop.hf_import import import_any, read_model_config
+from lmforge.interop.hf_tokenizer import import_hf_tokenizer
 
 RUN_OWN = ("dropout", "block_size")  # fields the new run may choose; see the module docstring
 
@@ -51,7 +53,7 @@ def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
     own dropout and a shorter block_size. `explicit` are the keys set on the command line:
     those must agree with DIR. Returns a line that says what was taken from DIR."""
     directory = _directory(cfg.run.init_from)
-    imported = hf.read_model_config(directory)
+    imported = read_model_config(directory)
     explicit = set(explicit)
     replaced = []
     for f in dataclasses.fields(ModelConfig):
@@ -83,7 +85,7 @@ def check_tokenizer(cfg: Config) -> str:
     from lmforge.data.tokenizer import load_tokenizer
 
     data = Path(cfg.data.path)
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = shards.read_manifest(data)
     vocab = int(manifest["tokenizer"]["vocab_size"])
     if cfg.model.vocab_size < vocab:
         raise ConfigError(f"the dataset {data} has a tokenizer of {vocab} tokens, more than the "
@@ -91,7 +93,7 @@ def check_tokenizer(cfg: Config) -> str:
                           "embeddings for; prepare the data with a tokenizer of at most "
                           f"{cfg.model.vocab_size} tokens")
     try:
-        theirs = hf.import_hf_tokenizer(Path(cfg.run.init_from))
+        theirs = import_hf_tokenizer(Path(cfg.run.init_from))
     except LmforgeError:
         theirs = None
     ours = load_tokenizer(data / manifest["tokenizer"]["dir"])
@@ -109,7 +111,7 @@ def load_state(cfg: Config) -> dict[str, Tensor]:
     """The weights of cfg.run.init_from, fitted to cfg.model (a shorter learned position
     table cut to block_size)."""
     directory = _directory(cfg.run.init_from)
-    imported, sd = hf.import_any(directory)
+    imported, sd = import_any(directory)
     differ = [f"{f.name}: {getattr(imported, f.name)} there, {getattr(cfg.model, f.name)} here"
               for f in dataclasses.fields(ModelConfig)
               if f.name not in RUN_OWN and getattr(imported, f.name) != getattr(cfg.model, f.name)]

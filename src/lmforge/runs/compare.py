@@ -18,18 +18,18 @@ against tokens, from the periodic evaluations) beside the runs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config, load_config, recipe_path
+from lmforge.data.shards import MANIFEST
 from lmforge.errors import ConfigError
+from lmforge.rundir import RunDir
 
 DEFAULT_RECIPES = ("shakespeare_char", "lstm_char")
 EVAL_POINTS = 10  # periodic evaluations per run under a token budget, for the curves
@@ -97,64 +97,82 @@ def out_dir(out: Path | None) -> Path:
     return path
 
 
-def dataset(data: str, *, out: Path, tokenizer: str, log: Callable[[str], None]) -> Path:
-    """A prepared dataset: `data` itself, or `data` prepared into OUT/data."""
+def dataset(data: str, *, out: Path, tokenizer: str, overrides: dict[str, str],
+            log: Callable[[str], None]) -> Path:
+    """A prepared dataset: `data` itself, or `data` prepared into OUT/data as `lmforge train`
+    prepares a recipe's data.source (the --clean.* and --data.* overrides apply)."""
     path = Path(data)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         return path.resolve()
-    from lmforge.data.prepare import prepare
+    from lmforge.data.prepare import ensure_dataset
 
-    target = out / "data"
-    prepare([data], target, tokenizer=tokenizer, log=log, progress=False)
-    return target.resolve()
+    fixed = {"data.path": str(out / "data"), "data.source": data, "tokenizer.kind": tokenizer,
+             "train.progress": "false"}
+    ensure_dataset(load_config(None, {**overrides, **fixed}), log=log)
+    return (out / "data").resolve()
 
 
-def train_one(name: str, cfg: Config, *, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train one recipe in its run directory; its row of the table."""
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One recipe's line of the table (and of compare.json)."""
+
+    recipe: str
+    arch: str
+    run: str
+    params: int
+    steps: int
+    tokens: int
+    tokens_per_s: float
+    time_s: float
+    stopped: str
+    best_val_loss: float
+    val_loss: float  # of the evaluated checkpoint, on the whole validation split
+    bits_per_byte: float
+    checkpoint_step: int
+    curve: list[dict[str, Any]]  # the periodic evaluations: step, tokens, elapsed_s, val_loss, val_bpb
+
+
+def train_one(name: str, cfg: Config, *, log: Callable[[str], None]) -> Row:
+    """Train one recipe in its run directory, as `lmforge train` does; its row of the table."""
     from lmforge.data import shards
     from lmforge.evaluate import split_loss, summarize
-    from lmforge.rundir import load_run, write_config
-    from lmforge.train.trainer import Trainer
+    from lmforge.plan import local_plan
+    from lmforge.runs.load import load_run
+    from lmforge.train.session import train_run
 
-    run_dir = Path(cfg.run.dir)
-    log(f"=== {name}: {cfg.model.arch}, training in {run_dir}")
-    trainer = Trainer(cfg, run_dir)
-    trainer.start_files()
-    write_config(cfg, run_dir)
-    result = trainer.fit()
-    trainer.tb.close()
-    if result["signal"]:  # the run is saved (resumable); a stop request stops the comparison too
-        raise KeyboardInterrupt
-    params, tokens = trainer.raw_model.num_params(), trainer.counters.tokens
-    del trainer
-    which = "best" if (run_dir / "checkpoints" / "best").is_file() else "latest"
-    run = load_run(run_dir, which=which)
+    run = RunDir(Path(cfg.run.dir))
+    log(f"=== {name}: {cfg.model.arch}, training in {run}")
+    outcome = train_run(local_plan(cfg, run))
+    if outcome.fit is None or outcome.exit_code:  # stopped by a signal: saved (resumable),
+        raise KeyboardInterrupt  # and a stop request stops the comparison too
+    result = outcome.fit
+    loaded = load_run(run, which="best" if run.pointer("best") else "latest")
     data = Path(cfg.data.path)
     split = shards.verify(data)["splits"]["val"]
     t0 = time.perf_counter()
-    loss = split_loss(run.model, shards.open_split(data, "val"), block_size=cfg.model.block_size,
-                      batch_size=16, batches=0)
-    log(f"{name}: full validation split, {which} checkpoint (step {run.step}): loss {loss:.4f} "
-        f"({time.perf_counter() - t0:.1f}s)")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    loss = split_loss(loaded.model, shards.open_split(data, "val"),
+                      block_size=cfg.model.block_size, batch_size=16, batches=0)
+    log(f"{name}: full validation split, {loaded.checkpoint.name} (step {loaded.step}): loss "
+        f"{loss:.4f} ({time.perf_counter() - t0:.1f}s)")
+    records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     curve = [{k: r[k] for k in ("step", "tokens", "elapsed_s", "val_loss", "val_bpb")}
              for r in records if r["kind"] == "eval"]
-    return {"recipe": name, "arch": cfg.model.arch, "run": str(run_dir), "params": params,
-            "steps": result["step"], "tokens": tokens,
-            "tokens_per_s": result["tokens_per_s"], "time_s": result["elapsed_s"],
-            "stopped": result["stopped"], "best_val_loss": result["best_val_loss"],
-            "val_loss": loss, "bits_per_byte": summarize(loss, tokens=split["tokens"],
-                                                         bytes_=split["bytes"])["bits_per_byte"],
-            "checkpoint_step": run.step, "curve": curve}
+    return Row(recipe=name, arch=cfg.model.arch, run=str(run), params=outcome.params,
+               steps=result.step, tokens=outcome.tokens, tokens_per_s=result.tokens_per_s,
+               time_s=result.elapsed_s, stopped=result.stopped,
+               best_val_loss=result.best_val_loss, val_loss=loss,
+               bits_per_byte=summarize(loss, tokens=split["tokens"],
+                                       bytes_=split["bytes"]).bits_per_byte,
+               checkpoint_step=loaded.step, curve=curve)
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[Row]) -> str:
     """The rows as aligned text; val loss and bits/byte are on the whole validation split."""
     head = ["recipe", "arch", "params", "tokens/s", "tokens", "time s", "best val loss",
             "full val loss", "bits/byte"]
-    body = [[r["recipe"], r["arch"], f"{r['params']:,}", f"{r['tokens_per_s']:,.0f}",
-             f"{r['tokens']:,}", f"{r['time_s']:.1f}", f"{r['best_val_loss']:.4f}",
-             f"{r['val_loss']:.4f}", f"{r['bits_per_byte']:.4f}"] for r in rows]
+    body = [[r.recipe, r.arch, f"{r.params:,}", f"{r.tokens_per_s:,.0f}", f"{r.tokens:,}",
+             f"{r.time_s:.1f}", f"{r.best_val_loss:.4f}", f"{r.val_loss:.4f}",
+             f"{r.bits_per_byte:.4f}"] for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
 
     def fmt(line: list[str]) -> str:
@@ -164,7 +182,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
 
 
-def plot(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
+def plot(rows: list[Row], path: Path, *, title: str) -> None:
     """Validation bits per byte against training time and against tokens, one line per run."""
     import matplotlib
 
@@ -173,8 +191,8 @@ def plot(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
 
     fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
     for r in rows:
-        curve = r["curve"]
-        label = f"{r['recipe']} ({r['arch']}, {r['params'] / 1e6:.2f}M)"
+        curve = r.curve
+        label = f"{r.recipe} ({r.arch}, {r.params / 1e6:.2f}M)"
         by_time.plot([p["elapsed_s"] for p in curve], [p["val_bpb"] for p in curve], "o-",
                      label=label, markersize=3)
         by_tokens.plot([p["tokens"] for p in curve], [p["val_bpb"] for p in curve], "o-",
@@ -193,7 +211,7 @@ def plot(rows: list[dict[str, Any]], path: Path, *, title: str) -> None:
 
 def compare(recipes: list[str], *, data: str, out: Path | None, budget: Budget,
             tokenizer: str, overrides: dict[str, str],
-            log: Callable[[str], None]) -> tuple[Path, list[dict[str, Any]]]:
+            log: Callable[[str], None]) -> tuple[Path, list[Row]]:
     """Train every recipe, write OUT/compare.json and OUT/compare.png; (OUT, rows)."""
     recipes = list(recipes) or list(DEFAULT_RECIPES)
     for recipe in recipes:
@@ -203,7 +221,7 @@ def compare(recipes: list[str], *, data: str, out: Path | None, budget: Budget,
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        data_dir = dataset(data, out=out, tokenizer=tokenizer, log=log)
+        data_dir = dataset(data, out=out, tokenizer=tokenizer, overrides=overrides, log=log)
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()  # a bad --data leaves nothing behind
@@ -214,18 +232,6 @@ def compare(recipes: list[str], *, data: str, out: Path | None, budget: Budget,
     title = f"{Path(data).name}, {budget.describe()} per run"
     plot(rows, out / "compare.png", title=title)
     (out / "compare.json").write_text(json.dumps(
-        {"data": str(data_dir), "budget": dataclasses.asdict(budget), "runs": rows}, indent=2))
+        {"data": str(data_dir), "budget": dataclasses.asdict(budget),
+         "runs": [dataclasses.asdict(r) for r in rows]}, indent=2))
     return out, rows
-
-
-def compare_command(args: argparse.Namespace, *, overrides: dict[str, str]) -> int:
-    """`lmforge compare`: the table on stdout, the progress of each run on stderr."""
-    from lmforge.train.metrics import log
-
-    budget = check_budget(args.minutes, args.tokens)
-    out, rows = compare(args.recipes, data=args.data, out=args.out, budget=budget,
-                        tokenizer=args.tokenizer, overrides=overrides, log=log)
-    print(table(rows))
-    print(f"\nruns, compare.json and compare.png in {out}")
-    sys.stdout.flush()
-    return 0

@@ -32,10 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import LmforgeError
-from lmforge.rundir import CONFIG_FILE, read_run_config
-
-REPORT = "report.html"
-FIGURES = "figures"
+from lmforge.files import write_text_atomic
+from lmforge.rundir import FIGURES_DIR, REPORT_FILE, WEIGHTS_FILE, RunDir, read_run_config
 
 
 @dataclass
@@ -115,16 +113,14 @@ def _safetensors_params(path: Path) -> int | None:
     return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
 
 
-def _checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    root = run_dir / "checkpoints"
-    pointers = {}
+def _checkpoints(run: RunDir) -> list[dict[str, Any]]:
+    pointers: dict[str, list[str]] = {}
     for name in ("latest", "best"):
-        if (root / name).is_file():
-            pointers.setdefault((root / name).read_text().strip(), []).append(name)
+        target = run.pointer("latest" if name == "latest" else "best")
+        if target is not None:
+            pointers.setdefault(target, []).append(name)
     out = []
-    for path in sorted(root.glob("step_*")):
-        if not path.is_dir():
-            continue
+    for path in (run.checkpoints / name for name in run.checkpoint_names()):
         try:
             step = json.loads((path / "meta.json").read_text())["step"]
         except (OSError, ValueError, KeyError):
@@ -143,11 +139,11 @@ def _json_or_none(path: Path) -> dict[str, Any] | None:
 
 
 def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)  # a missing or foreign directory is a one-line error here
-    text = (run_dir / CONFIG_FILE).read_text()
-    records = _read_jsonl(run_dir / "metrics.jsonl")
-    data = RunData(path=run_dir, name=name or run_dir.name, config=tomllib.loads(text),
+    run = RunDir(Path(run_dir))
+    cfg = read_run_config(run)  # a missing or foreign directory is a one-line error here
+    text = run.config.read_text()
+    records = _read_jsonl(run.metrics)
+    data = RunData(path=run.path, name=name or run.path.name, config=tomllib.loads(text),
                    config_text=text,
                    train=[r for r in records if r.get("kind") == "train"],
                    evals=[r for r in records if r.get("kind") == "eval"])
@@ -159,13 +155,12 @@ def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
     data_dir = Path(cfg.data.path)
     data.manifest = _json_or_none(data_dir / "manifest.json")
     data.data_report = _json_or_none(data_dir / "report.json")
-    samples = run_dir / "samples.txt"
-    data.samples = samples.read_text() if samples.is_file() else ""
-    data.eval_samples = _read_jsonl(run_dir / "samples.jsonl")
-    data.checkpoints = _checkpoints(run_dir)
+    data.samples = run.samples.read_text() if run.samples.is_file() else ""
+    data.eval_samples = _read_jsonl(run.eval_samples)
+    data.checkpoints = _checkpoints(run)
     if data.checkpoints:
-        data.params = _safetensors_params(run_dir / "checkpoints" / data.checkpoints[-1]["name"]
-                                          / "model.safetensors")
+        data.params = _safetensors_params(run.checkpoints / data.checkpoints[-1]["name"]
+                                          / WEIGHTS_FILE)
     return data
 
 
@@ -392,7 +387,7 @@ def _page(runs: list[RunData], figures: list[tuple[str, str, bytes]]) -> str:
              else "lmforge runs " + ", ".join(r.name for r in runs))
     figs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
-        f'alt="{_e(caption)}"><figcaption>{_e(caption)} ({FIGURES}/{name}.png)</figcaption></figure>'
+        f'alt="{_e(caption)}"><figcaption>{_e(caption)} ({FIGURES_DIR}/{name}.png)</figcaption></figure>'
         for name, caption, png in figures) or "<p>No metrics recorded yet.</p>"
     note = ("<p class=sub>Losses are per token, so they compare only between runs with the "
             "same tokenizer; bits per byte compares any two.</p>" if len(runs) > 1 else "")
@@ -437,10 +432,8 @@ def write_report(runs: list[Path], *, out: Path | None = None) -> str:
         png = _figure(data, what=what, x=x, title=title, ylabel=ylabel)
         if png is not None:
             figures.append((name, title, png))
-    (out / FIGURES).mkdir(parents=True, exist_ok=True)
+    (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     for name, _, png in figures:
-        (out / FIGURES / f"{name}.png").write_bytes(png)
-    tmp = out / f".{REPORT}.tmp"
-    tmp.write_text(_page(data, figures), encoding="utf-8")
-    tmp.replace(out / REPORT)
-    return f"wrote {out / REPORT} ({len(figures)} figures, also in {out / FIGURES}/)"
+        (out / FIGURES_DIR / f"{name}.png").write_bytes(png)
+    write_text_atomic(out / REPORT_FILE, _page(data, figures))
+    return f"wrote {out / REPORT_FILE} ({len(figures)} figures, also in {out / FIGURES_DIR}/)"

@@ -21,7 +21,6 @@ evaluation) is the user's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -32,8 +31,10 @@ import time
 from pathlib import Path
 
 from lmforge.config import load_config, recipe_path
+from lmforge.console import log
+from lmforge.data.prepare import ensure_dataset
 from lmforge.errors import LmforgeError
-from lmforge.train.metrics import log
+from lmforge.rundir import RunDir, checkpoint_name
 
 # Settings that make the two runs quick and comparable, whatever the recipe says.
 FORCED = {"train.log_every": "1", "train.progress": "false", "train.tensorboard": "false",
@@ -64,9 +65,8 @@ def _finish(proc: subprocess.Popen, name: str, log_file: Path) -> None:
     raise RunFailed(f"{tail}\nthe {name} run failed (exit code {code}); its output ends above")
 
 
-def _losses(run_dir: Path, kind: str, field: str) -> dict[int, float]:
-    path = run_dir / "metrics.jsonl"
-    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+def _losses(run: RunDir, kind: str, field: str) -> dict[int, float]:
+    records = [json.loads(x) for x in run.metrics.read_text().splitlines() if x.strip()]
     return {r["step"]: r[field] for r in records if r["kind"] == kind}
 
 
@@ -100,62 +100,59 @@ def verify_resume(recipe: str | None, *, overrides: dict[str, str], steps: int) 
     settings = {**overrides, **FORCED, "train.max_steps": str(steps),
                 "checkpoint.every": str(middle)}
     cfg = load_config(recipe, settings)  # bad keys, values and recipes fail here, in one line
-    from lmforge.commands import ensure_dataset
-
-    ensure_dataset(cfg)  # prepared once here, as `lmforge train` would, not in each run
+    ensure_dataset(cfg, log=log)  # prepared once here, as `lmforge train` would, not in each run
     name = recipe_path(recipe or "default").stem
     base = [recipe] if recipe else []
     args = [*base, *(f"--{k}={v}" for k, v in settings.items() if k != "run.dir")]
     log(f"verify-resume {name}: {steps} steps straight, then again killed (SIGKILL) after the "
         f"checkpoint at step {middle} and resumed")
     with tempfile.TemporaryDirectory(prefix="lmforge-verify-resume-") as tmp:
-        straight, killed = Path(tmp) / "straight", Path(tmp) / "killed"
+        straight, killed = RunDir(Path(tmp) / "straight"), RunDir(Path(tmp) / "killed")
         t0 = time.perf_counter()
         _finish(_train([*args, f"--run.dir={straight}"], Path(tmp) / "straight.log"),
                 "straight", Path(tmp) / "straight.log")
         log(f"straight run: {steps} steps in {time.perf_counter() - t0:.1f}s")
-
         killed_log = Path(tmp) / "killed.log"
-        proc = _train([*args, f"--run.dir={killed}"], killed_log)
-        latest, mark = killed / "checkpoints" / "latest", f"step_{middle:08d}"
-        # `latest` names a checkpoint only once it is complete: kill right after that
-        while proc.poll() is None and not (latest.is_file() and latest.read_text().strip() == mark):
-            time.sleep(0.005)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            done = max(_losses(killed, "train", "loss"), default=0)
-            how = f"killed at step {done}"
-        else:  # it ended before the kill landed (a very short run): go back to the middle
-            _finish(proc, "killed", killed_log)
-            if not (killed / "checkpoints" / mark).is_dir():
-                raise RunFailed(f"the run stopped before its checkpoint at step {middle} "
-                                "(early stopping?); give more --steps or drop "
-                                "--eval.early_stop_patience")
-            (killed / "checkpoints" / "latest").write_text(mark + "\n")
-            how = "finished before the kill could land; restarted"
+        how = _killed_after(_train([*args, f"--run.dir={killed}"], killed_log), killed,
+                            middle=middle, log_file=killed_log)
         _finish(_train(["--resume", str(killed)], killed_log), "resumed", killed_log)
         log(f"killed run: {how}, resumed from step {middle} to {steps}")
-
-        result = 0
-        for what, kind, field in (("train losses", "train", "loss"),
-                                  ("validation losses", "eval", "val_loss")):
-            a, b = _losses(straight, kind, field), _losses(killed, kind, field)
-            diff = first_difference(a, b)
-            if diff is None:
-                print(f"{what}: " + (f"all {len(a)} bit-identical" if len(a) > 1 else "bit-identical"))
-            else:
-                print(_describe(what, diff, a, b))
-                result = 1
+        result = _compare(straight, killed)
     print("resume is exact" if result == 0 else
           "resume is NOT exact: the resumed run differs from the one that never stopped")
     sys.stdout.flush()
     return result
 
 
-def verify_resume_command(args: argparse.Namespace, *, overrides: dict[str, str]) -> int:
-    try:
-        return verify_resume(args.recipe, overrides=overrides, steps=args.steps)
-    except RunFailed as err:
-        print(f"lmforge verify-resume: {err}", file=sys.stderr)
-        return 1
+def _killed_after(proc: subprocess.Popen, run: RunDir, *, middle: int, log_file: Path) -> str:
+    """SIGKILL the run as soon as its checkpoint at step `middle` is complete; how it went."""
+    mark = checkpoint_name(middle)
+    # `latest` names a checkpoint only once it is complete: kill right after that
+    while proc.poll() is None and run.pointer("latest") != mark:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return f"killed at step {max(_losses(run, 'train', 'loss'), default=0)}"
+    # it ended before the kill landed (a very short run): go back to the middle
+    _finish(proc, "killed", log_file)
+    if not run.checkpoint(middle).is_dir():
+        raise RunFailed(f"the run stopped before its checkpoint at step {middle} (early "
+                        "stopping?); give more --steps or drop --eval.early_stop_patience")
+    run.point("latest", mark)
+    return "finished before the kill could land; restarted"
+
+
+def _compare(straight: RunDir, killed: RunDir) -> int:
+    """Print whether the train and validation losses match bit for bit: 0 if they do."""
+    result = 0
+    for what, kind, field in (("train losses", "train", "loss"),
+                              ("validation losses", "eval", "val_loss")):
+        a, b = _losses(straight, kind, field), _losses(killed, kind, field)
+        diff = first_difference(a, b)
+        if diff is None:
+            print(f"{what}: " + (f"all {len(a)} bit-identical" if len(a) > 1 else "bit-identical"))
+        else:
+            print(_describe(what, diff, a, b))
+            result = 1
+    return result

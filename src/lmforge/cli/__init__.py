@@ -1,0 +1,1 @@
+"""The `lmforge` command: one module per verb, in main.py's table."""

@@ -1,0 +1,47 @@
+"""`lmforge eval`: loss, perplexity and bits per byte of a trained run's checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+HELP = "loss, perplexity and bits per byte of a trained run"
+OVERRIDES = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--split", default="val", help="split of the dataset to evaluate (default: val)")
+    p.add_argument("--data", type=Path,
+                   help="another prepared dataset with the run's tokenizer (default: the run's own)")
+    p.add_argument("--batches", type=int, default=0,
+                   help="evaluate this many batches (0: the whole split); a recurrent model "
+                        "reads this many chunks of each stream")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="sequences per batch; a recurrent model reads the split as this many "
+                        "contiguous streams, carrying its state (default: 16)")
+    p.add_argument("--checkpoint", default="latest",
+                   help="latest (default), best (when the run kept one: "
+                        "checkpoint.keep_best) or a step_NNNNNNNN name")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.batches < 0:
+        raise LmforgeError(f"need --batch-size >= 1 and --batches >= 0 (0: the whole split); got "
+                           f"--batch-size {args.batch_size} --batches {args.batches}")
+    from lmforge.runs.evaluation import evaluate_run
+
+    result = evaluate_run(args.run, which=args.checkpoint, data=args.data, split=args.split,
+                          batches=args.batches, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+    else:
+        print(f"{result.run} @ step {result.step}, {result.data} [{result.split}]: loss "
+              f"{result.loss:.4f}  perplexity {result.perplexity:.2f}  bits/byte "
+              f"{result.bits_per_byte:.4f}")
+    return 0

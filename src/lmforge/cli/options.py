@@ -1,0 +1,65 @@
+"""What every verb's arguments share: one-line usage errors, and the config's fields as
+options (`--section.field`, or prepare's own names for the fields it takes), each with the
+field's own documentation and default, so an option and its check exist once."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from lmforge.config import SECTIONS, FieldInfo, coerce, field_infos, parse_overrides
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, like every other lmforge error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _help(info: FieldInfo) -> str:
+    choices = f" One of: {', '.join(info.choices)}." if info.choices else ""
+    default = f"{info.default!r}" if info.type is str else f"{info.default}"
+    return f"{info.doc}{choices} (default: {default})".replace("%", "%%")
+
+
+def _add(group: argparse._ActionsContainer, flag: str, info: FieldInfo) -> None:
+    # No default: only what the user gives becomes an override of the recipe's values.
+    group.add_argument(flag, dest=info.key, metavar=info.type.__name__.upper(),
+                       default=argparse.SUPPRESS, help=_help(info))
+
+
+def add_config_options(parser: argparse.ArgumentParser,
+                       sections: list[str] | None = None) -> None:
+    """Every field of `sections` (all by default) as --section.name, grouped by section, so
+    `lmforge train --help` documents them all."""
+    wanted = SECTIONS if sections is None else sections
+    groups = {s: parser.add_argument_group(f"[{s}] options") for s in wanted}
+    for info in field_infos():
+        section = info.key.split(".")[0]
+        if section in groups:
+            _add(groups[section], f"--{info.key}", info)
+
+
+def add_prepare_options(parser: argparse.ArgumentParser) -> None:
+    """The fields that say how a corpus is prepared, under prepare's own option names
+    (--vocab-size for tokenizer.vocab_size, ...), and every [clean] field as --clean.name."""
+    for info in field_infos():
+        if info.prepare:
+            _add(parser, info.prepare, info)
+    add_config_options(parser, ["clean"])
+
+
+def prepare_flags() -> dict[str, str]:
+    """config key → prepare's option for it (tokenizer.vocab_size → --vocab-size)."""
+    return {info.key: info.prepare for info in field_infos() if info.prepare}
+
+
+def collect_overrides(args: argparse.Namespace, rest: list[str]) -> dict[str, str]:
+    """The config fields set on the command line: those argparse knows (checked now, before
+    anything heavy is imported) and the unknown --x.y=z that parse_overrides reports with
+    the nearest valid key."""
+    known = {k: v for k, v in vars(args).items() if "." in k}
+    for key, value in known.items():
+        coerce(key, value)
+    return {**known, **parse_overrides(rest)}

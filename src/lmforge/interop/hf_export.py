@@ -1,0 +1,106 @@
+"""lmforge models written for the rest of the ecosystem: a Hugging Face model directory
+(GPT2LMHeadModel or LlamaForCausalLM, with the tokenizer as tokenizer.json) that
+`transformers` loads offline, or plain safetensors under lmforge's own names for any
+architecture. The names and families are hf_layout.py's."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file, save_model
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+from lmforge.data.tokenizer import Tokenizer
+from lmforge.interop.hf_layout import (
+    CLASSES,
+    WEIGHTS,
+    hf_family,
+    is_conv1d,
+    pairs,
+    qkv,
+    write_json,
+)
+from lmforge.interop.hf_tokenizer import write_hf_tokenizer
+from lmforge.models.layers import NORM_EPS, swiglu_hidden
+
+
+def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, dtype: torch.dtype) -> dict:
+    common = {"architectures": [CLASSES[family]], "model_type": family,
+              "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
+              "bos_token_id": eot_id, "eos_token_id": eot_id,
+              "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+    if family == "gpt2":
+        return {**common, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+                "n_positions": cfg.block_size, "n_inner": int(cfg.mlp_ratio * cfg.n_embd),
+                "activation_function": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
+                "layer_norm_epsilon": NORM_EPS,
+                "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+                "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False}
+    return {**common, "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head,
+            "head_dim": cfg.n_embd // cfg.n_head,
+            "intermediate_size": swiglu_hidden(cfg.n_embd, cfg.mlp_ratio),
+            "max_position_embeddings": cfg.block_size, "hidden_act": "silu",
+            "rms_norm_eps": NORM_EPS, "rope_theta": cfg.rope_theta, "rope_scaling": None,
+            "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
+            "attention_dropout": cfg.dropout, "pretraining_tp": 1}
+
+
+def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig, family: str) -> dict[str, Tensor]:
+    """lmforge's GPT state_dict under HF names and layouts (fresh CPU tensors)."""
+    out: dict[str, Tensor] = {}
+    for ours, theirs in pairs(cfg, family):
+        if ours in sd:
+            t = sd[ours].detach().cpu()
+        else:  # a bias lmforge has none of, that GPT-2 always has
+            t = torch.zeros(sd[ours.replace(".bias", ".weight")].size(0), dtype=sd["wte.weight"].dtype)
+        out[theirs] = (t.t() if is_conv1d(theirs, t) else t).contiguous().clone()
+    if family == "gpt2":  # c_attn is q, k and v side by side, stored (in, 3 out) as Conv1D
+        for i in range(cfg.n_layer):
+            q, k, v = (sd[f"{n}.weight"].detach().cpu() for n in qkv(i))
+            out[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat([q, k, v]).t().contiguous()
+            biases = [sd.get(f"{n}.bias") for n in qkv(i)]
+            out[f"transformer.h.{i}.attn.c_attn.bias"] = (
+                torch.cat([b.detach().cpu() for b in biases]) if biases[0] is not None
+                else torch.zeros(3 * cfg.n_embd, dtype=q.dtype))
+    return out
+
+
+def export_hf(model: nn.Module, model_cfg: ModelConfig, tokenizer: Tokenizer | None,
+              out_dir: Path) -> str:
+    """Write `out_dir` so `AutoModelForCausalLM.from_pretrained(out_dir)` (and, where the
+    tokenizer can be expressed in HF `tokenizers`, `AutoTokenizer`) loads it offline.
+
+    Raises ConfigError, before writing anything, for a model no HF class reproduces.
+    Returns a one-line summary of what was written.
+    """
+    family = hf_family(model_cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = to_hf_state_dict(model.state_dict(), model_cfg, family)
+    save_file(weights, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    eot = tokenizer.eot_id if tokenizer is not None else None
+    dtype = next(iter(weights.values())).dtype
+    write_json(out_dir / "config.json", _hf_config(model_cfg, family, eot_id=eot, dtype=dtype))
+    write_json(out_dir / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    note = write_hf_tokenizer(tokenizer, out_dir, model_max_length=model_cfg.block_size)
+    return f"wrote {CLASSES[family]} ({family}) to {out_dir}; {note}"
+
+
+def export_safetensors(model: nn.Module, model_cfg: ModelConfig, tokenizer: Tokenizer | None,
+                       out_dir: Path) -> str:
+    """Any lmforge model as plain safetensors under lmforge's own names, its ModelConfig as
+    config.json and the tokenizer's files: nothing lost, for any architecture."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # save_model, not save_file: it stores a tied weight once instead of refusing it
+    save_model(model, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    write_json(out_dir / "config.json", dataclasses.asdict(model_cfg))
+    if tokenizer is None:
+        return f"wrote {WEIGHTS} and config.json to {out_dir}; no tokenizer given"
+    tokenizer.save(out_dir)
+    return f"wrote {WEIGHTS}, config.json and the {tokenizer.kind} tokenizer to {out_dir}"

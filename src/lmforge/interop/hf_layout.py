@@ -1,0 +1,117 @@
+"""Hugging Face model directories as lmforge sees them: which HF architecture computes the
+same function as an lmforge model, and the name of each tensor on either side.
+
+    hf_export.py     lmforge GPT → GPT2LMHeadModel or LlamaForCausalLM directory, and
+                     lmforge's own safetensors export for any architecture
+    hf_import.py     either kind of directory → (ModelConfig, state_dict) for lmforge
+    hf_tokenizer.py  lmforge tokenizers as HF `tokenizers`, and back
+    init_from.py     `lmforge train --init-from DIR`
+
+Only `safetensors`, `tokenizers` and the standard library are needed here: `transformers`
+is what the files are *for*, not what writes them, so exporting works without it.
+
+Two lmforge layouts have an exact Hugging Face twin. GPT-2: layernorm + GELU (exact, HF's
+"gelu", or GPT-2's tanh approximation, "gelu_new") + learned positions; HF's Conv1D stores
+weights as (in, out), the transpose of nn.Linear, and always has biases (zeros when lmforge
+has none). Llama: rmsnorm + swiglu + rope. lmforge's rope pairs dimension i with i + hs/2,
+which is HF's rotate_half convention, so q and k need no permutation; lmforge's separate
+q/k/v projections map one to one onto Llama's and are fused into GPT-2's c_attn. Anything
+else has no HF class that computes the same function, so it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError
+
+WEIGHTS = "model.safetensors"
+FAMILIES = {  # HF model_type → the lmforge options that compute the same function
+    "gpt2": {"norm": "layernorm", "mlp": ("gelu", "gelu_tanh"), "pos": "learned"},
+    "llama": {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope"},
+}
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+# HF's names of GELU's tanh approximation (lmforge's model.mlp=gelu_tanh); "gelu" is exact.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+GELUS = {"gelu": "gelu", **{name: "gelu_tanh" for name in TANH_GELUS}}  # HF → model.mlp
+# Buffers older transformers versions saved with the weights; they hold no parameters.
+BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{path} is missing or not valid JSON; give a model directory") from None
+
+
+def hf_family(cfg: ModelConfig) -> str:
+    """'gpt2' or 'llama': the HF architecture that computes exactly what `cfg` does."""
+    if cfg.arch != "gpt":
+        raise ConfigError(f"model.arch={cfg.arch} has no Hugging Face equivalent that lmforge "
+                          "can write; use --format safetensors")
+    def fits(value: Any, want: Any) -> bool:
+        return value in want if isinstance(want, tuple) else value == want
+
+    differ = {name: {k: v for k, v in opts.items() if not fits(getattr(cfg, k), v)}
+              for name, opts in FAMILIES.items()}
+    name = min(differ, key=lambda n: len(differ[n]))
+    if differ[name]:
+        ours = ", ".join(f"model.{k}={getattr(cfg, k)}" for k in differ[name])
+        want = " + ".join(v if isinstance(v, str) else " or ".join(v)
+                          for v in FAMILIES[name].values())
+        raise ConfigError(f"cannot export to Hugging Face: {ours}, but the nearest HF model "
+                          f"({CLASSES[name]}) is {want}; use --format safetensors")
+    return name
+
+
+# (lmforge module, HF module) inside block i
+_GPT2_BLOCK = [("norm1", "ln_1"), ("attn.c_proj", "attn.c_proj"),
+               ("norm2", "ln_2"), ("mlp.c_fc", "mlp.c_fc"), ("mlp.c_proj", "mlp.c_proj")]
+
+
+_LLAMA_NORMS = [("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm")]
+
+
+_LLAMA_LINEARS = [("attn.q_proj", "self_attn.q_proj"), ("attn.k_proj", "self_attn.k_proj"),
+                  ("attn.v_proj", "self_attn.v_proj"), ("attn.c_proj", "self_attn.o_proj"), ("mlp.w1", "mlp.gate_proj"),
+                  ("mlp.w3", "mlp.up_proj"), ("mlp.c_proj", "mlp.down_proj")]
+
+
+def pairs(cfg: ModelConfig, family: str) -> list[tuple[str, str]]:
+    """(lmforge name, HF name) of every tensor that maps one to one. GPT-2's c_attn is left
+    out: it fuses lmforge's q/k/v projections."""
+    w, wb = ("weight",), ("weight", "bias")
+    if family == "gpt2":  # GPT-2 always has biases, in its norms and linears alike
+        modules = [("wte", "transformer.wte", w), ("wpe", "transformer.wpe", w)]
+        for i in range(cfg.n_layer):
+            modules += [(f"blocks.{i}.{a}", f"transformer.h.{i}.{b}", wb) for a, b in _GPT2_BLOCK]
+        modules.append(("norm_f", "transformer.ln_f", wb))
+    else:  # RMSNorm has no bias; the linears have one when cfg.bias
+        linear = wb if cfg.bias else w
+        modules = [("wte", "model.embed_tokens", w)]
+        for i in range(cfg.n_layer):
+            modules += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}", w) for a, b in _LLAMA_NORMS]
+            modules += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}", linear) for a, b in _LLAMA_LINEARS]
+        modules.append(("norm_f", "model.norm", w))
+    if not cfg.tie_embeddings:
+        modules.append(("lm_head", "lm_head", w))
+    return [(f"{a}.{p}", f"{b}.{p}") for a, b, params in modules for p in params]
+
+
+def is_conv1d(hf_name: str, t: Tensor) -> bool:
+    """GPT-2's Conv1D weights, stored (in, out): the transpose of nn.Linear's."""
+    return t.dim() == 2 and (".attn.c_" in hf_name or ".mlp.c_" in hf_name)
+
+
+def qkv(i: int) -> list[str]:
+    return [f"blocks.{i}.attn.{x}_proj" for x in "qkv"]

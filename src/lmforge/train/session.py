@@ -1,0 +1,68 @@
+"""One training run from its plan to its end: what `lmforge train` and `lmforge compare` do
+between planning a run and reporting on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmforge.console import log
+from lmforge.distributed import env
+from lmforge.interop.init_from import load_state
+from lmforge.plan import RunPlan
+from lmforge.rundir import write_config
+from lmforge.train import preemption
+from lmforge.train.trainer import FitResult, Trainer
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """How a run ended: the exit code for the process, the result of the loop (None when the
+    run had already finished before this call), and what the run is made of."""
+
+    exit_code: int
+    fit: FitResult | None = None
+    params: int = 0
+    tokens: int = 0
+
+    @property
+    def trained(self) -> bool:
+        """Whether the run trained to an end (not stopped by a signal, not already done)."""
+        return self.fit is not None and not self.fit.signal
+
+
+def train_run(plan: RunPlan) -> TrainOutcome:
+    """Train the planned run: a new one from its first step (and --init-from's weights), or a
+    resumed one from its checkpoint; then the samples of its end. A run already trained to
+    train.max_steps says so and does nothing (exit 0); one stopped by a signal is saved and
+    exits 128 + the signal's number, so no scheduler mistakes it for a finished run."""
+    cfg, run = plan.cfg, plan.run
+    if plan.resume_from is not None and plan.resume_step >= cfg.train.max_steps:
+        log(f"{run} already finished at step {plan.resume_step} (train.max_steps="
+            f"{cfg.train.max_steps}); raise --train.max_steps to train further")
+        return TrainOutcome(exit_code=0)
+    # rank 0 reads --init-from's weights; the other ranks receive them from it
+    fresh = plan.resume_from is None
+    init_state = load_state(cfg) if cfg.run.init_from and fresh and plan.is_main else None
+    trainer = Trainer(plan, init_state=init_state)
+    del init_state  # the model holds its own copy now
+    if plan.resume_from is not None:
+        trainer.restore(plan.resume_from)
+    elif plan.is_main:
+        trainer.start_files()
+        write_config(cfg, run)
+    result = trainer.fit()
+    outcome = TrainOutcome(exit_code=0, fit=result, params=trainer.raw_model.num_params(),
+                           tokens=trainer.counters.tokens)
+    if result.signal:  # preempted: saved, and no time to spend on samples and reports
+        trainer.tb.close()
+        env.barrier(plan.info)  # torchrun ends every rank once one exits: let all finish first
+        return TrainOutcome(exit_code=preemption.exit_code(result.signal), fit=result,
+                            params=outcome.params, tokens=outcome.tokens)
+    texts = trainer.samples(count=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens)
+    if texts:
+        shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
+        run.samples.write_text(shown.lstrip("\n"))
+        print(shown)
+    trainer.tb.samples(texts, step=trainer.counters.step)
+    trainer.tb.close()
+    return outcome

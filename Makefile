@@ -1,6 +1,7 @@
 # Two entry points, each self-contained on a fresh machine:
 #   make demo   create .venv, install lmforge, train the default model, print samples
-#   make test   create .venv, install lmforge with its test extras, run ruff and the tests
+#   make test   create .venv, install lmforge with its test extras, run the linters (ruff, the
+#               import contracts of the layers, the type checker) and the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,6 +28,8 @@ demo: install
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest

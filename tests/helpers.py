@@ -1,47 +1,63 @@
-"""What the end-to-end tests share: running the real CLI and reading what a run wrote."""
+"""What the tests share: running the real CLI (one process or a torchrun job), reading what
+a run wrote, and the tiny model and settings of every test run."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-def lmforge(*args, cwd, check=True, threads: int | None = None, **kwargs):
-    """`python -m lmforge ARGS` in a subprocess; fails the test on a non-zero exit unless
-    check=False. threads=1 keeps each process to one OpenMP thread: a tiny model gains
-    nothing from two, and on a shared 2-core machine spinning threads slow everyone down."""
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    proc = subprocess.run([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, text=True,
-                          capture_output=True, env=env,
-                          timeout=kwargs.pop("timeout", 600), **kwargs)
+# ---------------------------------------------------------------------------- processes
+
+def environment(threads: int | None = None) -> dict[str, str]:
+    """This process's environment; threads=1 keeps a child to one OpenMP thread: a tiny model
+    gains nothing from two, and on a shared 2-core machine spinning threads slow everyone down."""
+    return {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+
+
+def command(*args) -> list[str]:
+    """The command line of `python -m lmforge ARGS`."""
+    return [sys.executable, "-m", "lmforge", *map(str, args)]
+
+
+def torchrun(nproc: int, *args, extra=()) -> list[str]:
+    """The command line of `lmforge ARGS` on `nproc` processes of one machine, started by
+    torchrun (`extra`: torchrun's own options)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", *extra, "-m", "lmforge", *map(str, args)]
+
+
+def run(cmd: list[str], *, cwd, check: bool = True, threads: int | None = None,
+        timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """`cmd` in a subprocess, its output captured; fails the test on a non-zero exit unless
+    check=False."""
+    proc = subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, env=environment(threads),
+                          timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
-        raise AssertionError(f"lmforge {args} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(f"{' '.join(map(str, cmd[2:]))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
 
 
-def records(run: Path, kind: str) -> list[dict]:
-    """The metrics.jsonl records of one kind (train, eval, state)."""
-    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in records(run_dir, "train")}
+def lmforge(*args, cwd, check: bool = True, threads: int | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """`python -m lmforge ARGS` in a subprocess (see run)."""
+    return run(command(*args), cwd=cwd, check=check, threads=threads, **kwargs)
 
 
 def kill_after(args, *, marker: Path, cwd, threads: int | None = None, timeout: float = 120) -> None:
     """Start `lmforge ARGS`, SIGKILL it as soon as `marker` (a checkpoint) exists, and check
     that it was killed rather than finished."""
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    proc = subprocess.Popen([sys.executable, "-m", "lmforge", *map(str, args)], cwd=cwd, env=env,
+    proc = subprocess.Popen(command(*args), cwd=cwd, env=environment(threads),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -49,6 +65,49 @@ def kill_after(args, *, marker: Path, cwd, threads: int | None = None, timeout: 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of `pid`'s children (torchrun's workers)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, *,
+                  timeout: float = 120) -> None:
+    """Until the run that `proc` writes into `run_dir` has logged `step` or a later one; fails
+    if the process ends first or `timeout` seconds pass."""
+    metrics, deadline = Path(run_dir) / "metrics.jsonl", time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.is_file() and last_step(metrics) >= step:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the run ended or stalled before step {step}")
+
+
+def last_step(metrics: Path) -> int:
+    """The highest step among the last few records of a metrics.jsonl that is being written
+    (0 before any): read from its end, so that polling a long run costs little."""
+    with open(metrics, "rb") as fh:
+        fh.seek(max(0, fh.seek(0, os.SEEK_END) - 2000))
+        tail = fh.read().decode(errors="replace")
+    return max(map(int, re.findall(r'"step": (\d+)', tail)), default=0)
+
+
+def sigterm_once_training(*, after: float = 0.0) -> threading.Thread:
+    """Start a thread that sends this very process SIGTERM `after` seconds after the training
+    loop has installed its handler, as a scheduler would; join it once fit() returns."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def preempt():
+        while signal.getsignal(signal.SIGTERM) == before:
+            time.sleep(0.01)
+        time.sleep(after)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=preempt, daemon=True)
+    sender.start()
+    return sender
 
 
 def json_corpus(tmp_path_factory, name: str) -> Path:
@@ -59,6 +118,39 @@ def json_corpus(tmp_path_factory, name: str) -> Path:
             "--out", "data/json", cwd=work, threads=1)
     return work
 
+
+# ---------------------------------------------------------------------------- what a run wrote
+
+def records(run: Path, kind: str) -> list[dict]:
+    """The metrics.jsonl records of one kind (train, eval, state), in the order written."""
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def records_by_step(run: Path, kind: str) -> dict[int, dict]:
+    """The metrics.jsonl records of one kind by step (the last one where a step repeats)."""
+    return {r["step"]: r for r in records(run, kind)}
+
+
+def losses(run_dir: Path) -> list[float]:
+    """The train losses in the order written: a step logged twice shows twice."""
+    return [r["loss"] for r in records(run_dir, "train")]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in records(run_dir, "train")}
+
+
+def val_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in records(run_dir, "eval")}
+
+
+def rewind(run_dir: Path, step: int) -> None:
+    """Make the checkpoint of `step` the latest, as if the run had died right after it."""
+    (Path(run_dir) / "checkpoints" / "latest").write_text(f"step_{step:08d}\n")
+
+
+# ---------------------------------------------------------------------------- settings
 
 # The tiny GPT of the tests: a second or two per run on the small real corpora below.
 TINY_MODEL = {"model.n_layer": "2", "model.n_head": "2", "model.n_embd": "32",

@@ -68,6 +68,7 @@ def _full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     seen: set[int] = set()
     weights = {}
     for name, t in full.items():
+        assert isinstance(t, torch.Tensor)  # a model's state dict holds tensors only
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             weights[name] = t.contiguous()

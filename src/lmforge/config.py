@@ -24,11 +24,13 @@ from lmforge.errors import ConfigError
 
 
 def option(default: Any, doc: str, *, choices: tuple[str, ...] | None = None,
-           prepare: str | None = None) -> Any:
+           prepare: str | None = None, refused: dict[str, str] | None = None) -> Any:
     """A config field with its help text (and, for strings, the values it accepts).
     `prepare` is the option that sets it on `lmforge prepare` (e.g. --val-fraction), for the
-    fields that say how a corpus is prepared."""
-    return field(default=default, metadata={"doc": doc, "choices": choices, "prepare": prepare})
+    fields that say how a corpus is prepared; `refused` the values people ask for that
+    lmforge will not take, each with the reason."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "prepare": prepare,
+                                            "refused": refused or {}})
 
 
 @dataclass
@@ -113,7 +115,12 @@ class ModelConfig:
     block_size: int = option(128, "Context length in tokens.")
     dropout: float = option(0.0, "Dropout on attention weights, residual branches and embeddings.")
     bias: bool = option(False, "Biases in linear layers and norms.")
-    norm: str = option("layernorm", "Normalization layer.", choices=("layernorm", "rmsnorm", "batchnorm"))
+    norm: str = option("layernorm", "Normalization layer (batch normalization would let a causal "
+                                     "model see future tokens, so there is none).",
+                       choices=("layernorm", "rmsnorm"),
+                       refused={"batchnorm": "batch normalization pools statistics across "
+                                             "positions, which lets a causal language model "
+                                             "see future tokens"})
     mlp: str = option("gelu", "Feed-forward block: GELU (exact, as PyTorch's nn.GELU and "
                               "nanoGPT; on CPUs 5x cheaper than the tanh form), GELU with GPT-2's "
                               "tanh approximation (HF's gelu_new), or SwiGLU (Llama).",
@@ -171,7 +178,7 @@ class TrainConfig:
                                      "(MFU); 0: the datasheet figure of known GPUs, else a "
                                      "matrix-multiply probe measured once and cached.")
     profile: int = option(0, "Profile this many training steps (after 5 of warm-up) with "
-                             "torch.profiler: RUN/profile/trace.json (Perfetto, "
+                             "torch.profiler: RUN/profile/trace-rankN.json (Perfetto, "
                              "chrome://tracing) and a table of the top operators.")
 
 
@@ -238,6 +245,7 @@ class FieldInfo:
     doc: str
     choices: tuple[str, ...] | None
     prepare: str | None  # its option on `lmforge prepare`, for the fields prepare takes
+    refused: dict[str, str]  # values lmforge will not take → why
 
 
 def field_infos() -> list[FieldInfo]:
@@ -249,7 +257,7 @@ def field_infos() -> list[FieldInfo]:
         for f in dataclasses.fields(obj):
             infos.append(FieldInfo(f"{section.name}.{f.name}", type(getattr(obj, f.name)),
                                    getattr(obj, f.name), f.metadata["doc"], f.metadata["choices"],
-                                   f.metadata["prepare"]))
+                                   f.metadata["prepare"], f.metadata["refused"]))
     return infos
 
 
@@ -285,6 +293,9 @@ def coerce(key: str, value: Any, *, from_text: bool = True) -> Any:
     except ValueError:
         names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
         raise ConfigError(f"{key}: expected {names[want]}, got {value!r}") from None
+    if value in info.refused:
+        raise ConfigError(f"{key}={value}: {info.refused[value]}; use "
+                          f"{' or '.join(info.choices or ())}")
     if info.choices and value not in info.choices:
         near = difflib.get_close_matches(str(value), info.choices, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
@@ -381,10 +392,6 @@ def load_config(recipe: str | None, overrides: dict[str, str] | None = None) -> 
 def validate(cfg: Config) -> None:
     """Combinations that no single field can check."""
     m = cfg.model
-    if m.norm == "batchnorm":
-        raise ConfigError("model.norm=batchnorm: batch normalization pools statistics across "
-                          "positions, which lets a causal language model see future tokens; "
-                          "use layernorm or rmsnorm")
     positive = {"model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
                 "model.block_size": m.block_size, "train.batch_size": cfg.train.batch_size,
                 "train.grad_accum": cfg.train.grad_accum, "train.max_steps": cfg.train.max_steps}

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.loader import fixed_windows, stream_chunks
+from lmforge.data.shards import Tokens
 from lmforge.distributed.env import SINGLE, DistInfo, all_sum
 
 
@@ -33,7 +33,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_size: int,
+def mean_loss(model: nn.Module, tokens: Tokens, *, block_size: int, batch_size: int,
               max_windows: int = 0, device: torch.device | str = "cpu",
               autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
               split: str = "val", info: DistInfo = SINGLE) -> float:
@@ -61,7 +61,7 @@ def mean_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_si
 
 
 @torch.no_grad()
-def stream_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, lanes: int,
+def stream_loss(model: nn.Module, tokens: Tokens, *, block_size: int, lanes: int,
                 max_chunks: int = 0, device: torch.device | str = "cpu",
                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                 split: str = "val", info: DistInfo = SINGLE) -> float:
@@ -87,7 +87,7 @@ def stream_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, lanes:
     return (sums[0] / sums[1]).item()
 
 
-def split_loss(model: nn.Module, tokens: np.ndarray, *, block_size: int, batch_size: int,
+def split_loss(model: nn.Module, tokens: Tokens, *, block_size: int, batch_size: int,
                batches: int = 0, recurrent: bool | None = None, **kwargs: Any) -> float:
     """Mean loss of any model on a split: `batches` global batches of batch_size x
     data-parallel ranks windows (Transformers) or streams of `batches` chunks (recurrent

@@ -88,8 +88,7 @@ def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache:
             sampling: dict[str, Any]) -> Iterator[Tensor]:
     # a recurrent model's state summarizes all it has seen: no window to crop to
     recurrent = getattr(model, "recurrent", False)
-    block_size: int | None = None if recurrent else getattr(getattr(model, "cfg", None),
-                                                            "block_size", None)
+    block_size: int = 0 if recurrent else getattr(getattr(model, "cfg", None), "block_size", 0)
     context = prompt[:, -block_size:] if block_size else prompt  # (B, <= block_size)
     state: Any = None
     in_state = 0  # tokens the state has seen
@@ -105,9 +104,10 @@ def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache:
                     logits, state = model(context[:, -1:], state)  # (B, 1, V): the newest token
                     in_state += 1
                 else:  # first step, no cache, a model without state, or a full cache
-                    cached = use_cache and hasattr(model, "new_cache")
+                    new_cache = getattr(model, "new_cache", None) if use_cache else None
+                    cached = new_cache is not None
                     window = context[:, -max(1, block_size // 2):] if cached and full else context
-                    fresh = model.new_cache(window.size(0)) if cached else None
+                    fresh = new_cache(window.size(0)) if new_cache is not None else None
                     logits, state = model(window, fresh)  # (B, T, V)
                     state = state if use_cache else None
                     in_state = window.size(1)

@@ -13,48 +13,48 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (
+    QUIET,
+    TINY_MODEL,
+    children,
+    command,
+    environment,
+    json_corpus,
+    losses,
+    options,
+    train_losses,
+    val_losses,
+    wait_for_step,
+)
+from helpers import run as run_command
+from helpers import torchrun as torchrun_cmd
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 STEPS = 20
-# A tiny model; 4 heads so that 2-way tensor parallelism has whole heads on each rank.
-TINY = ["--model.n_layer=2", "--model.n_head=4", "--model.n_embd=32", "--model.block_size=32",
-        "--train.log_every=1", "--train.progress=false", "--eval.every=10", "--eval.batches=2",
-        "--eval.samples=0", "--checkpoint.every=10", "--optim.warmup_steps=5",
-        "--train.record_samples=true", "--data.path=data", "--data.source=",
-        "--train.precision=fp32"]  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
+# A tiny model; 4 heads so that 2-way tensor parallelism has whole heads on each rank. Every
+# command gives its own train.batch_size.
+TINY = options(TINY_MODEL, QUIET, {
+    "model.n_head": "4", "train.log_every": "1", "eval.every": "10", "eval.batches": "2",
+    "checkpoint.every": "10", "optim.warmup_steps": "5", "train.record_samples": "true",
+    "data.path": "data/json", "data.source": "",
+    "train.precision": "fp32"})  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 GLOBAL_BATCH = 8
 
 
 def run(cmd, *, cwd, timeout=300, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+    return run_command(cmd, cwd=cwd, timeout=timeout, check=check, threads=1)
 
 
 def torchrun(nproc, *args, extra=()):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", *extra, "-m", "lmforge", "train", *TINY, *map(str, args)]
+    return torchrun_cmd(nproc, "train", *TINY, *args, extra=extra)
 
 
 def single(*args):
-    return [sys.executable, "-m", "lmforge", "train", *TINY, *map(str, args)]
-
-
-def records(run_dir: Path, kind: str) -> dict[int, dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for _, r in sorted(records(run_dir, "train").items())]
+    return command("train", *TINY, *args)
 
 
 def windows_by_step(run_dir: Path) -> dict[int, list[int]]:
@@ -71,18 +71,16 @@ def assert_same_run(run_dir: Path, reference: Path, *, tol: float = 1e-5) -> Non
     got, want = losses(run_dir), losses(reference)
     assert len(got) == len(want) == STEPS
     assert np.max(np.abs(np.array(got) - np.array(want))) < tol, (got, want)
-    ev, ref = records(run_dir, "eval"), records(reference, "eval")
+    ev, ref = val_losses(run_dir), val_losses(reference)
     assert sorted(ev) == sorted(ref)
-    assert all(abs(ev[s]["val_loss"] - ref[s]["val_loss"]) < tol for s in ev)
+    assert all(abs(ev[s] - ref[s]) < tol for s in ev)
     assert windows_by_step(run_dir) == windows_by_step(reference)  # none skipped or repeated
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A char-level dataset of the json package's sources and the one-process reference run."""
-    work = tmp_path_factory.mktemp("parallel")
-    run([sys.executable, "-m", "lmforge", "prepare", "--data", str(STDLIB / "json" / "*.py"),
-         "--tokenizer", "char", "--out", "data", "--no-progress"], cwd=work)
+    work = json_corpus(tmp_path_factory, "parallel")
     run(single(f"--train.max_steps={STEPS}", f"--train.batch_size={GLOBAL_BATCH}",
                "--run.dir=runs/single"), cwd=work)
     return work
@@ -116,11 +114,9 @@ def test_saved_on_two_fsdp_ranks_resumes_on_one_and_on_four(work):
         resumed = work / "runs" / f"resumed{nproc}"
         shutil.copytree(work / "runs" / "saved2", resumed)
         shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:08d}")  # back to step 10
-        cmd = ([sys.executable, "-m", "lmforge", "train"] if nproc == 1 else
-               [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={nproc}", "-m", "lmforge", "train",
-                "--parallel.strategy=fsdp"])
-        proc = run([*cmd, "--resume", str(resumed), *settings], cwd=work)
+        args = ["train", "--resume", resumed, *settings]
+        proc = run(command(*args) if nproc == 1 else
+                   torchrun_cmd(nproc, *args, "--parallel.strategy=fsdp"), cwd=work)
         assert "at step 10 (saved on 2 processes)" in proc.stderr
         if nproc == 1:
             assert "train.grad_accum 1 -> 2 keeps the global batch of 8 sequences" in proc.stderr
@@ -129,8 +125,8 @@ def test_saved_on_two_fsdp_ranks_resumes_on_one_and_on_four(work):
 
 
 def test_another_global_batch_on_resume_is_refused(work):
-    proc = run([sys.executable, "-m", "lmforge", "train", "--resume", "runs/single",
-                "--train.batch_size=3", "--train.max_steps=30"], cwd=work, check=False)
+    proc = run(command("train", "--resume", "runs/single", "--train.batch_size=3",
+                       "--train.max_steps=30"), cwd=work, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "global batch of 8 sequences, and train.batch_size=3 on 1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -144,32 +140,17 @@ def free_port() -> int:
 
 def test_two_nodes_with_c10d_rendezvous(work):
     endpoint = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
          "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
          "--rdzv-id=lmforge-test", "-m", "lmforge", "train", *TINY,
          f"--train.max_steps={STEPS}", "--train.batch_size=4", "--run.dir=runs/two-nodes"],
-        cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=environment(threads=1))
         for rank in range(2)]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert_same_run(work / "runs" / "two-nodes", work / "runs" / "single")
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.is_file() and any(json.loads(line).get("step", 0) >= step
-                                     for line in metrics.read_text().splitlines()[-3:]):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run did not reach step {step}")
 
 
 def test_elastic_restart_after_a_killed_worker_continues_the_run(work):
@@ -178,14 +159,14 @@ def test_elastic_restart_after_a_killed_worker_continues_the_run(work):
     run(torchrun(2, *steps, "--run.dir=runs/straight"), cwd=work)
     # As `lmforge train --nproc` launches it: torchrun's store not shared with the workers,
     # else a restarted group can read the last one's addresses and fail to connect.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = {**environment(threads=1), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     name = "elastic"
     # a short collective timeout turns a hung restart into one more restart
     proc = subprocess.Popen(torchrun(2, *steps, f"--run.dir=runs/{name}",
                                      "--parallel.timeout_s=20", extra=["--max-restarts=3"]),
                             cwd=work, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
-    wait_for_step(work / "runs" / name / "metrics.jsonl", 150, proc)
+    wait_for_step(proc, work / "runs" / name, 150)
     workers = children(proc.pid)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
@@ -193,21 +174,20 @@ def test_elastic_restart_after_a_killed_worker_continues_the_run(work):
     assert proc.returncode == 0, err[-3000:]
     assert "restart 1: continuing" in err and "resumed from" in err  # the first restart held
     assert "connectFullMesh failed" not in err and "shares its rendezvous store" not in err
-    straight, elastic = (records(work / "runs" / n, "train") for n in ("straight", name))
+    straight, elastic = (train_losses(work / "runs" / n) for n in ("straight", name))
     assert sorted(elastic) == list(range(1, 601))
-    assert all(elastic[s]["loss"] == straight[s]["loss"] for s in straight)
+    assert all(elastic[s] == straight[s] for s in straight)
 
 
 def test_a_stuck_peer_ends_the_run_with_a_clear_error(work):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(torchrun(2, "--train.max_steps=100000", "--train.batch_size=4",
                                      "--checkpoint.every=0", "--eval.every=0",
                                      "--parallel.timeout_s=3", "--run.dir=runs/stuck",
                                      "--train.record_samples=false"),
                             cwd=work, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+                            env=environment(threads=1))
     try:
-        wait_for_step(work / "runs" / "stuck" / "metrics.jsonl", 20, proc)
+        wait_for_step(proc, work / "runs" / "stuck", 20)
         survivor, stuck = children(proc.pid)
         os.kill(stuck, signal.SIGSTOP)  # alive but silent: the worst kind of peer
         start = time.monotonic()

@@ -7,58 +7,43 @@ with its own hidden state; tensor parallelism, which has nothing to split in a r
 network, must say so.
 """
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import QUIET, STDLIB, TINY_MODEL, command, options, rewind, train_losses, val_losses
+from helpers import run as run_command
+from helpers import torchrun as torchrun_cmd
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 STEPS = 12
-TINY = ["--model.arch=lstm", "--model.n_layer=2", "--model.n_embd=32", "--model.block_size=32",
-        f"--train.max_steps={STEPS}", "--train.log_every=1", "--train.progress=false",
-        "--eval.every=6", "--eval.batches=2", "--eval.samples=0", "--checkpoint.every=6",
-        "--checkpoint.keep_last=4", "--optim.warmup_steps=3", "--model.dropout=0.0",
-        "--data.path=data", "--data.source=", "--train.tensorboard=false", "--train.report=false",
-        "--train.precision=fp32"]  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
+# the tiny model as an LSTM (model.n_head does not apply to a recurrent model); every command
+# gives its own train.batch_size
+TINY = options(TINY_MODEL, QUIET, {
+    "model.arch": "lstm", "train.max_steps": str(STEPS), "train.log_every": "1",
+    "eval.every": "6", "eval.batches": "2", "checkpoint.every": "6", "checkpoint.keep_last": "4",
+    "optim.warmup_steps": "3", "model.dropout": "0.0", "data.path": "data", "data.source": "",
+    "train.tensorboard": "false", "train.report": "false",
+    "train.precision": "fp32"})  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 GLOBAL_BATCH = 8
 
 
 def run(cmd, *, cwd, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, timeout=300, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def lmforge(*args):
-    return [sys.executable, "-m", "lmforge", *map(str, args)]
+    return run_command(cmd, cwd=cwd, check=check, threads=1, timeout=300)
 
 
 def torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "lmforge", *map(str, args)]
-
-
-def records(run_dir: Path, kind: str) -> dict[int, dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
+    return torchrun_cmd(2, *args)
 
 
 def assert_same_losses(run_dir: Path, reference: Path, *, start: int = 1) -> None:
-    got, want = records(run_dir, "train"), records(reference, "train")
+    got, want = train_losses(run_dir), train_losses(reference)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(start, STEPS + 1):
-        assert got[step]["loss"] == pytest.approx(want[step]["loss"], abs=1e-5), step
-    got, want = records(run_dir, "eval"), records(reference, "eval")
+        assert got[step] == pytest.approx(want[step], abs=1e-5), step
+    got, want = val_losses(run_dir), val_losses(reference)
     assert sorted(got) == sorted(want) == [6, 12]
     for step in got:
-        assert got[step]["val_loss"] == pytest.approx(want[step]["val_loss"], abs=1e-5)
+        assert got[step] == pytest.approx(want[step], abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +52,9 @@ def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("rnn-ddp")
     text = "".join(p.read_text() for p in sorted((STDLIB / "json").glob("*.py")))
     (work / "corpus.txt").write_text(text)
-    run(lmforge("prepare", "--data", "corpus.txt", "--out", "data", "--tokenizer", "char",
+    run(command("prepare", "--data", "corpus.txt", "--out", "data", "--tokenizer", "char",
                 "--no-progress"), cwd=work)
-    run(lmforge("train", *TINY, f"--train.batch_size={GLOBAL_BATCH}", "--run.dir=single"), cwd=work)
+    run(command("train", *TINY, f"--train.batch_size={GLOBAL_BATCH}", "--run.dir=single"), cwd=work)
     return work
 
 
@@ -81,8 +66,8 @@ def test_ddp_matches_one_process_and_resumes_on_one(work):
     # Back to the checkpoint of step 6, written by two ranks, and on with one process that
     # reads all 8 streams: each must get the hidden state its rank had.
     shutil.copytree(work / "ddp", work / "resumed")
-    (work / "resumed" / "checkpoints" / "latest").write_text("step_00000006\n")
-    proc = run(lmforge("train", "--resume", "resumed", f"--train.batch_size={GLOBAL_BATCH}",
+    rewind(work / "resumed", 6)
+    proc = run(command("train", "--resume", "resumed", f"--train.batch_size={GLOBAL_BATCH}",
                        "--parallel.strategy=auto"), cwd=work)
     assert "saved on 2 processes" in proc.stderr
     assert_same_losses(work / "resumed", work / "single", start=7)

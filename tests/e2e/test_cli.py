@@ -6,26 +6,26 @@ import subprocess
 import sys
 
 import pytest
-from helpers import STDLIB, kill_after, lmforge, train_losses
+from helpers import (
+    QUIET,
+    STDLIB,
+    TINY_MODEL,
+    json_corpus,
+    kill_after,
+    lmforge,
+    options,
+    train_losses,
+)
 
 # A tiny model on a small real corpus, so each run takes a second or two.
-TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
-        "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
-        "--eval.every=50", "--eval.batches=2", "--eval.samples=0", "--checkpoint.every=20",
-        "--optim.warmup_steps=10", "--model.dropout=0.1"]
-
-
-
-
+TINY = options(TINY_MODEL, QUIET, {
+    "train.log_every": "1", "eval.every": "50", "eval.batches": "2", "checkpoint.every": "20",
+    "optim.warmup_steps": "10", "model.dropout": "0.1"})
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The json package's sources, prepared with a char tokenizer."""
-    work = tmp_path_factory.mktemp("cli")
-    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
-            "--out", "data/json", cwd=work)
-    return work
+    return json_corpus(tmp_path_factory, "cli")
 
 
 def test_prepare_is_idempotent(corpus):
@@ -161,12 +161,13 @@ def test_prepare_does_not_import_torch(tmp_path):
 @pytest.mark.slow
 def test_default_job_prepares_stdlib_and_trains(tmp_path):
     """`lmforge train` with no arguments, shortened: prepares the stdlib with BPE, trains, samples."""
-    proc = lmforge("train", "--train.max_steps=6", "--eval.every=3", "--eval.batches=2",
-                   "--eval.sample_tokens=20", cwd=tmp_path)
+    proc = lmforge("train", "--train.max_steps=6", "--train.max_minutes=0", "--eval.every=3",
+                   "--eval.batches=2", "--eval.sample_tokens=20", cwd=tmp_path)
     assert (tmp_path / "data" / "stdlib" / "manifest.json").is_file()
     run = tmp_path / "runs" / "default"
     assert (run / "loss.png").is_file() and (run / "samples.txt").is_file()
     assert "----- sample 1 -----" in proc.stdout
-    second = lmforge("train", "--train.max_steps=2", "--eval.samples=0", cwd=tmp_path)
+    second = lmforge("train", "--train.max_steps=2", "--train.max_minutes=0", "--eval.samples=0",
+                     cwd=tmp_path)
     assert "preparing" not in second.stderr  # the prepared corpus is reused
     assert (tmp_path / "runs" / "default-2" / "config.toml").is_file()

@@ -1,21 +1,29 @@
 """Stopping and breaking runs as a user (or a scheduler) does: real subprocesses, real
 signals, real NaNs, and `lmforge verify-resume`."""
 
-import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
-from helpers import json_corpus, lmforge, records, train_losses
+from helpers import (
+    QUIET,
+    TINY_MODEL,
+    command,
+    environment,
+    json_corpus,
+    lmforge,
+    options,
+    records,
+    train_losses,
+    val_losses,
+    wait_for_step,
+)
 
 # A tiny model on a small real corpus, one thread per process.
-TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
-        "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
-        "--eval.every=50", "--eval.batches=2", "--eval.samples=0", "--optim.warmup_steps=10",
-        "--model.dropout=0.1", "--train.threads=1", "--train.report=false",
-        "--data.path=data/json"]
+TINY = options(TINY_MODEL, QUIET, {
+    "train.log_every": "1", "eval.every": "50", "eval.batches": "2", "optim.warmup_steps": "10",
+    "model.dropout": "0.1", "train.threads": "1", "train.report": "false",
+    "data.path": "data/json"})
 STEPS = ["--train.max_steps=600"]
 
 
@@ -26,19 +34,8 @@ def corpus(tmp_path_factory):
 
 def start(*args, cwd):
     """`lmforge train ARGS` in the background, its stderr kept for the test to read."""
-    cmd = [sys.executable, "-m", "lmforge", "train", *args]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def wait_for_step(proc, run_dir, step):
-    """Until the run has logged `step` (or ended, or two minutes passed)."""
-    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if metrics.is_file() and f'"step": {step},' in metrics.read_text():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"the run ended or stalled before step {step}")
+    return subprocess.Popen(command("train", *args), cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=environment(threads=1))
 
 
 def test_sigterm_saves_the_step_and_resume_is_exact(corpus):
@@ -63,9 +60,6 @@ def test_sigterm_saves_the_step_and_resume_is_exact(corpus):
 
     lmforge("train", "--resume", run, cwd=corpus, threads=1)
     assert train_losses(run) == straight  # bit-identical, every step
-    def val_losses(run_dir):
-        return {r["step"]: r["val_loss"] for r in records(run_dir, "eval")}
-
     assert val_losses(run) == val_losses(corpus / "runs" / "straight")
 
 

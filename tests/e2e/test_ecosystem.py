@@ -13,31 +13,25 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import STDLIB, lmforge, records
+from helpers import QUIET, TINY_MODEL, json_corpus, lmforge, options, records, rewind
 
-TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
-        "--train.batch_size=4", "--train.log_every=1", "--train.progress=false",
-        "--optim.warmup_steps=5", "--data.path=data/json",
-        # one thread: a tiny model gains nothing from two, and loses much when the cores are busy
-        "--train.threads=1",
-        "--train.precision=fp32"]  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
-QUIET = ["--eval.samples=0", "--train.tensorboard=false", "--train.report=false"]
+SETTINGS = {
+    "train.log_every": "1", "optim.warmup_steps": "5", "data.path": "data/json",
+    # one thread: a tiny model gains nothing from two, and loses much when the cores are busy
+    "train.threads": "1",
+    "train.precision": "fp32"}  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
+TINY = options(TINY_MODEL, QUIET, SETTINGS)
+NO_FILES = {"train.tensorboard": "false", "train.report": "false"}
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-
-
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A char-level corpus and one trained run, runs/src, with samples and evaluations."""
-    work = tmp_path_factory.mktemp("eco")
-    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
-            "--out", "data/json", cwd=work)
-    lmforge("train", *TINY, "--train.max_steps=24", "--eval.every=8", "--eval.batches=2",
-            "--eval.samples=1", "--eval.sample_tokens=24", "--checkpoint.every=16",
-            "--run.dir=runs/src", cwd=work)
+    work = json_corpus(tmp_path_factory, "eco")
+    lmforge("train", *options(TINY_MODEL, QUIET, SETTINGS, {
+        "train.max_steps": "24", "eval.every": "8", "eval.batches": "2", "eval.samples": "1",
+        "eval.sample_tokens": "24", "checkpoint.every": "16", "run.dir": "runs/src"}), cwd=work)
     return work
 
 
@@ -89,7 +83,7 @@ def test_a_resumed_run_shows_each_step_once(work):
 
     run = work / "runs" / "resumed"
     shutil.copytree(work / "runs" / "src", run)
-    (run / "checkpoints" / "latest").write_text("step_00000016\n")
+    rewind(run, 16)
     shutil.rmtree(run / "checkpoints" / "step_00000024")
     lmforge("train", "--resume", run, "--train.report=false", "--train.threads=1", cwd=work)
     acc = EventAccumulator(str(run / "tb"))
@@ -135,11 +129,11 @@ def init_run(work: Path, fmt: str) -> Path:
     """A one-step run that starts from runs/src exported as `fmt`."""
     new = work / "runs" / f"init-{fmt}"
     if not new.is_dir():
-        # shape options on the command line must agree with the export (TINY's do), but a
+        # shape options on the command line must agree with the export (TINY_MODEL's do), but a
         # shorter context is the new run's choice
-        lmforge("train", *TINY, *QUIET, f"--model.block_size={CONTEXT[fmt]}",
-                "--train.max_steps=1", f"--run.dir={new}", "--init-from", exported(work, fmt),
-                cwd=work)
+        lmforge("train", *options(TINY_MODEL, QUIET, SETTINGS, NO_FILES, {
+            "model.block_size": str(CONTEXT[fmt]), "train.max_steps": "1", "run.dir": str(new)}),
+            "--init-from", exported(work, fmt), cwd=work)
     return new
 
 
@@ -169,10 +163,10 @@ def test_export_refuses_to_overwrite(work):
 
 
 def test_recurrent_model_is_refused_by_the_hf_format(work):
-    lmforge("train", "--data.path=data/json", "--model.arch=lstm", "--model.n_layer=1",
-            "--model.n_embd=32", "--model.block_size=16", "--train.batch_size=2",
-            "--train.max_steps=2", "--train.progress=false", "--train.threads=1", *QUIET,
-            "--run.dir=runs/lstm", cwd=work)
+    lmforge("train", *options(QUIET, NO_FILES, {
+        "data.path": "data/json", "model.arch": "lstm", "model.n_layer": "1", "model.n_embd": "32",
+        "model.block_size": "16", "train.batch_size": "2", "train.max_steps": "2",
+        "train.threads": "1", "run.dir": "runs/lstm"}), cwd=work)
     proc = lmforge("export", "runs/lstm", "--format", "hf", "--out", "lstm-hf", cwd=work, check=False)
     assert proc.returncode == 2 and "use --format safetensors" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (work / "lstm-hf").exists()

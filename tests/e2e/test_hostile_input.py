@@ -9,12 +9,11 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import json_corpus, lmforge
+from helpers import QUIET, TINY_MODEL, json_corpus, lmforge, options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,11 +22,11 @@ from lmforge.config import field_infos
 from lmforge.data import shards
 
 # A model small enough that a two-step run costs well under a second in-process.
-TINY = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16", "--model.block_size=16",
-        "--train.batch_size=2", "--train.max_steps=2", "--train.progress=false",
-        "--eval.every=0", "--eval.batches=1", "--eval.samples=0", "--train.threads=1",
-        "--train.report=false", "--train.tensorboard=false", "--data.path=data/json",
-        "--data.source="]
+TINY = options(TINY_MODEL, QUIET, {
+    "model.n_layer": "1", "model.n_embd": "16", "model.block_size": "16", "train.batch_size": "2",
+    "train.max_steps": "2", "eval.every": "0", "eval.batches": "1", "train.threads": "1",
+    "train.report": "false", "train.tensorboard": "false", "data.path": "data/json",
+    "data.source": ""})
 FEW = settings(max_examples=20, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture,
                                       HealthCheck.too_slow])
@@ -220,9 +219,8 @@ def _train_with_file_limit(args, *, cwd, limit):
     def limit_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return subprocess.run([sys.executable, "-m", "lmforge", "train", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=300, preexec_fn=limit_files,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return lmforge("train", *args, cwd=cwd, check=False, threads=1, timeout=300,
+                   preexec_fn=limit_files)
 
 
 def test_full_disk_keeps_the_last_checkpoint(corpus):

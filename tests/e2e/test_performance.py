@@ -3,10 +3,11 @@
 import json
 
 import pytest
-from helpers import json_corpus, lmforge, records
+from helpers import QUIET, TINY_MODEL, json_corpus, lmforge, options, records
 
-TINY = ["--model.n_layer=2", "--model.n_head=2", "--model.n_embd=32", "--model.block_size=32",
-        "--train.batch_size=4", "--data.path=data/json", "--data.source="]
+TINY = options(TINY_MODEL, QUIET, {"data.path": "data/json", "data.source": ""})
+# what the training runs add: a record every step, and no evaluation or report to slow them
+TRAIN = options({"train.log_every": "1", "eval.every": "0", "train.report": "false"})
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,8 @@ def test_bench_bad_input_is_one_line_and_exit_2(work, args, message):
 
 
 def test_training_logs_mfu_and_profile_writes_a_trace(work):
-    lmforge("train", *TINY, "--train.max_steps=9", "--train.log_every=1", "--train.profile=2",
-            "--train.progress=false", "--eval.every=0", "--eval.samples=0",
-            "--train.report=false", "--run.dir=runs/prof", cwd=work, threads=1)
+    lmforge("train", *TINY, *TRAIN, "--train.max_steps=9", "--train.profile=2",
+            "--run.dir=runs/prof", cwd=work, threads=1)
     run = work / "runs" / "prof"
     train = records(run, "train")
     assert all(0 < r["mfu"] < 1 for r in train)
@@ -54,8 +54,7 @@ def test_training_logs_mfu_and_profile_writes_a_trace(work):
 
 
 def test_a_run_too_short_to_profile_says_so(work):
-    proc = lmforge("train", *TINY, "--train.max_steps=3", "--train.profile=2",
-                   "--train.progress=false", "--eval.every=0", "--eval.samples=0",
-                   "--train.report=false", "--run.dir=runs/short", cwd=work, threads=1)
+    proc = lmforge("train", *TINY, *TRAIN, "--train.max_steps=3", "--train.profile=2",
+                   "--run.dir=runs/short", cwd=work, threads=1)
     assert "no profile written" in proc.stderr
     assert not (work / "runs" / "short" / "profile").exists()

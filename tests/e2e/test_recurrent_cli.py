@@ -5,32 +5,24 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import STDLIB, kill_after, train_losses
+from helpers import QUIET, TINY_MODEL, json_corpus, kill_after, options, train_losses
 from helpers import lmforge as run_lmforge
 
-TINY_LSTM = ["--model.arch=lstm", "--model.n_layer=2", "--model.n_embd=32",
-             "--model.block_size=32", "--train.batch_size=4", "--train.log_every=1",
-             "--train.progress=false", "--eval.every=40", "--eval.batches=2", "--eval.samples=0",
-             "--checkpoint.every=20", "--optim.warmup_steps=10", "--model.dropout=0.1",
-             "--data.path=data/json", "--data.source=", "--train.report=false",
-             "--train.tensorboard=false"]
+# the tiny model as an LSTM (model.n_head does not apply to a recurrent model)
+TINY_LSTM = options(TINY_MODEL, QUIET, {
+    "model.arch": "lstm", "train.log_every": "1", "eval.every": "40", "eval.batches": "2",
+    "checkpoint.every": "20", "optim.warmup_steps": "10", "model.dropout": "0.1",
+    "data.path": "data/json", "data.source": "", "train.report": "false",
+    "train.tensorboard": "false"})
 
 
 def lmforge(*args, **kwargs):
     return run_lmforge(*args, threads=1, **kwargs)  # see helpers.lmforge
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The json package's sources, prepared with a char tokenizer."""
-    work = tmp_path_factory.mktemp("rnn-cli")
-    lmforge("prepare", "--data", str(STDLIB / "json" / "*.py"), "--tokenizer", "char",
-            "--out", "data/json", "--no-progress", cwd=work)
-    return work
+    return json_corpus(tmp_path_factory, "rnn-cli")
 
 
 def test_lstm_kill_resume_is_bit_identical_then_eval_and_generate(corpus):

@@ -1,12 +1,11 @@
 """NaN and Inf in training: the step is skipped, too many in a row stop the run, and no
 checkpoint ever holds a non-finite weight. Real NaNs, made by a real model."""
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import records
 from helpers import tiny_config as shared_config
 from helpers import trainer as make_trainer
 from safetensors.torch import load_file
@@ -19,11 +18,6 @@ SETTINGS = {"train.log_every": "5", "train.threads": "1", "eval.every": "0",
 
 def tiny_config(dataset, run_dir, **extra):
     return shared_config(dataset, run_dir, SETTINGS, extra)
-
-
-def train_records(run_dir):
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
 
 
 def test_a_nonfinite_step_is_skipped_and_leaves_everything_as_it_was(dataset, tmp_path):
@@ -69,9 +63,9 @@ def test_too_many_in_a_row_stop_the_run_and_no_checkpoint_is_nonfinite(dataset, 
     assert message.startswith("step 5: 4 non-finite losses or gradient norms in a row")
     assert "--optim.lr" in message and "optim.grad_clip" in message and "\n" not in message
     assert f"--resume {tmp_path}" in message
-    records = train_records(tmp_path)
-    skipped = [r["step"] for r in records if r["skipped"]]
-    assert skipped == [2, 3, 4, 5] and records[-1]["skipped_steps"] == 4
+    train = records(tmp_path, "train")
+    skipped = [r["step"] for r in train if r["skipped"]]
+    assert skipped == [2, 3, 4, 5] and train[-1]["skipped_steps"] == 4
     # every checkpoint (one per step, skipped ones too) holds finite weights only
     saved = sorted((tmp_path / "checkpoints").glob("step_*"))
     assert [p.name for p in saved] == [f"step_{s:08d}" for s in range(1, 5)]

@@ -2,14 +2,10 @@
 
 import os
 import signal
-import threading
-import time
 
 import pytest
-from helpers import STDLIB, tiny_config, trainer
+from helpers import sigterm_once_training, tiny_config, trainer
 
-from lmforge.config import TokenizerConfig
-from lmforge.data.prepare import prepare
 from lmforge.distributed.env import SINGLE
 from lmforge.train.preemption import Preemption, exit_code
 
@@ -37,25 +33,14 @@ def test_exit_codes_follow_the_shell_convention():
     assert exit_code(signal.SIGTERM) == 143 and exit_code(signal.SIGINT) == 130
 
 
-def test_fit_stops_after_the_step_with_a_checkpoint(tmp_path):
-    data = tmp_path / "data"
-    prepare([str(STDLIB / "json" / "*.py")], data, tokenizer=TokenizerConfig("char"),
-            log=lambda _: None)
-    cfg = tiny_config(data, tmp_path / "run", {
+def test_fit_stops_after_the_step_with_a_checkpoint(dataset, tmp_path):
+    cfg = tiny_config(dataset, tmp_path / "run", {
         "model.n_layer": "1", "model.n_embd": "16", "train.batch_size": "2",
         "train.max_steps": "1000000", "train.threads": "1", "eval.every": "0",
         "eval.batches": "1", "eval.samples_at_eval": "0", "train.peak_tflops": "1"})
     run = trainer(cfg)
     before = signal.getsignal(signal.SIGTERM)
-
-    def preempt():  # as a scheduler would, once the training loop has started
-        while signal.getsignal(signal.SIGTERM) == before:
-            time.sleep(0.01)
-        time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    sender = threading.Thread(target=preempt, daemon=True)
-    sender.start()
+    sender = sigterm_once_training(after=0.2)  # once the training loop has started
     result = run.fit()
     sender.join()
     assert result.stopped == "signal" and result.signal == signal.SIGTERM

@@ -1,10 +1,8 @@
 """The training loop in-process, on a small real corpus."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import losses, records, rewind
 from helpers import tiny_config as shared_config
 from helpers import trainer as make_trainer
 
@@ -15,11 +13,6 @@ SETTINGS = {"train.log_every": "1", "eval.every": "10", "model.dropout": "0.1",
 
 def tiny_config(dataset, run_dir, **extra):
     return shared_config(dataset, run_dir, SETTINGS, extra)
-
-
-def losses(run_dir):
-    records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if r["kind"] == "train"]
 
 
 def test_two_identical_runs_are_bit_identical(dataset, tmp_path):
@@ -35,7 +28,7 @@ def test_resume_in_process_continues_the_same_run(dataset, tmp_path):
     cut = {"checkpoint.every": "13", "checkpoint.keep_last": "9"}
     make_trainer(tiny_config(dataset, tmp_path / "cut", **cut)).fit()
     # Go back to step 13 as if the run had died there, and continue.
-    (tmp_path / "cut" / "checkpoints" / "latest").write_text("step_00000013\n")
+    rewind(tmp_path / "cut", 13)
     second = make_trainer(tiny_config(dataset, tmp_path / "cut", **cut), resume=True)
     assert second.counters.step == 13
     second.fit()
@@ -99,9 +92,7 @@ def test_early_stopping_and_best_checkpoint(dataset, tmp_path):
     result = make_trainer(cfg).fit()
     assert result.stopped == "early_stop" and result.step < 400
     best = (tmp_path / "checkpoints" / "best").read_text().strip()
-    evals = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in evals if r["kind"] == "eval"]
-    best_record = min(evals, key=lambda r: r["val_loss"])
+    best_record = min(records(tmp_path, "eval"), key=lambda r: r["val_loss"])
     assert best == f"step_{best_record['step']:08d}"
     assert (tmp_path / "checkpoints" / best).is_dir()
 

@@ -1,11 +1,9 @@
 """Truncated BPTT in the one training loop: the hidden state is carried from step to step,
 cut from the graph, zeroed where a stream starts again, and saved so that resume is exact."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import losses, rewind
 from helpers import tiny_config as shared_config
 from helpers import trainer as make_trainer
 
@@ -33,11 +31,6 @@ SETTINGS = {"model.arch": "lstm", "model.n_embd": "16", "train.batch_size": "8",
 
 def tiny_config(dataset, run_dir, **extra):
     return shared_config(dataset, run_dir, SETTINGS, extra)
-
-
-def losses(run_dir):
-    records = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if r["kind"] == "train"]
 
 
 def states(state):
@@ -75,7 +68,7 @@ def test_resume_across_a_pass_is_bit_identical(dataset, tmp_path):
     cut = {**extra, "checkpoint.every": "13", "checkpoint.keep_last": "9"}
     make_trainer(tiny_config(dataset, tmp_path / "cut", **cut)).fit()
     # Go back to step 13 as if the run had died there, and continue past the next pass.
-    (tmp_path / "cut" / "checkpoints" / "latest").write_text("step_00000013\n")
+    rewind(tmp_path / "cut", 13)
     second = make_trainer(tiny_config(dataset, tmp_path / "cut", **cut), resume=True)
     assert second.train_data.step == 13
     second.fit()

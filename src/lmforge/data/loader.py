@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.data.shards import Tokens
 from lmforge.errors import DataError
 
 
-def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
+def _check_length(tokens: Tokens, block_size: int, split: str) -> None:
     if len(tokens) < block_size + 1:
         raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than model.block_size+1 "
                         f"= {block_size + 1}; lower --model.block_size or prepare more data")
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(tokens: Tokens, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
     chunk = torch.from_numpy(tokens[idx].astype(np.int64))
     return chunk[:, :-1], chunk[:, 1:]  # inputs and next-token targets, (B, T) each
@@ -45,7 +46,7 @@ class RandomWindows:
     processes, with the same global batch, neither skips nor repeats a window.
     """
 
-    def __init__(self, tokens: np.ndarray, *, batch_size: int, block_size: int, seed: int,
+    def __init__(self, tokens: Tokens, *, batch_size: int, block_size: int, seed: int,
                  grad_accum: int = 1, dp_rank: int = 0, dp_size: int = 1,
                  split: str = "train") -> None:
         _check_length(tokens, block_size, split)
@@ -126,7 +127,7 @@ class Streams:
     hidden state the caller carries is its own to save).
     """
 
-    def __init__(self, tokens: np.ndarray, *, batch_size: int, block_size: int, seed: int = 0,
+    def __init__(self, tokens: Tokens, *, batch_size: int, block_size: int, seed: int = 0,
                  grad_accum: int = 1, dp_rank: int = 0, dp_size: int = 1,
                  split: str = "train") -> None:
         self.tokens = tokens
@@ -197,7 +198,7 @@ class Streams:
         self.step, self.micro = int(state["step"]), int(state["micro"])
 
 
-def stream_chunks(tokens: np.ndarray, *, lanes: int, block_size: int, max_chunks: int = 0,
+def stream_chunks(tokens: Tokens, *, lanes: int, block_size: int, max_chunks: int = 0,
                   rank: int = 0, ranks: int = 1, split: str = "val",
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Evaluation as streams: the split cut into `lanes` equal contiguous lanes (fewer than
@@ -225,7 +226,7 @@ def stream_chunks(tokens: np.ndarray, *, lanes: int, block_size: int, max_chunks
         yield chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_starts(tokens: np.ndarray, *, block_size: int, max_windows: int = 0,
+def eval_starts(tokens: Tokens, *, block_size: int, max_windows: int = 0,
                 split: str = "val") -> np.ndarray:
     """Start offsets of the evaluation windows: back to back over the whole split when
     max_windows=0, otherwise that many spread evenly across it, the same ones every time."""
@@ -236,7 +237,7 @@ def eval_starts(tokens: np.ndarray, *, block_size: int, max_windows: int = 0,
     return np.linspace(0, last_start, num=max_windows).astype(np.int64)
 
 
-def fixed_windows(tokens: np.ndarray, *, block_size: int, batch_size: int, max_windows: int = 0,
+def fixed_windows(tokens: Tokens, *, block_size: int, batch_size: int, max_windows: int = 0,
                   split: str = "val", rank: int = 0, ranks: int = 1,
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Batches of evaluation windows: (inputs, targets, how many rows count).
@@ -259,7 +260,7 @@ def fixed_windows(tokens: np.ndarray, *, block_size: int, batch_size: int, max_w
         yield (*_windows(tokens, chunk, block_size), real)
 
 
-def count_windows(tokens: np.ndarray, *, block_size: int, max_windows: int = 0) -> int:
+def count_windows(tokens: Tokens, *, block_size: int, max_windows: int = 0) -> int:
     if max_windows > 0:
         return max_windows
     return (len(tokens) - block_size - 1) // block_size + 1

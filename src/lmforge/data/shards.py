@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ MANIFEST = "manifest.json"
 REPORT = "report.json"
 FORMAT = 2
 # Explicit byte order: a dataset prepared on one machine must read the same on another.
-_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+_DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -200,7 +201,7 @@ class ConcatTokens:
     """Several memory-mapped shards read as one array: len() and indexing by integer arrays
     (what the loader uses) or by slices."""
 
-    def __init__(self, shards: list[np.ndarray]) -> None:
+    def __init__(self, shards: Sequence[np.ndarray]) -> None:
         self.shards = shards
         self.starts = np.cumsum([0] + [len(s) for s in shards])
         self.dtype = shards[0].dtype
@@ -223,7 +224,11 @@ class ConcatTokens:
         return out.reshape(index.shape)
 
 
-def open_split(directory: Path, split: str) -> np.ndarray | ConcatTokens:
+# The tokens of a split: one memory-mapped array, or several read as one.
+Tokens = np.ndarray | ConcatTokens
+
+
+def open_split(directory: Path, split: str) -> Tokens:
     """The tokens of one split, memory-mapped read-only: an array for a single shard,
     a ConcatTokens over several."""
     directory = Path(directory)

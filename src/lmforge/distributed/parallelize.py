@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from lmforge.config import ParallelConfig
 from lmforge.distributed.env import DistInfo
 from lmforge.errors import ConfigError
 from lmforge.models.parallel_plan import ParallelPlan
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 SHARDED = ("fsdp", "tp", "fsdp+tp")  # strategies under which a rank holds part of the weights
 TENSOR_PARALLEL = ("tp", "fsdp+tp")
@@ -59,7 +63,7 @@ def check_tensor_parallel(plan: ParallelPlan, *, tp: int, strategy: str) -> None
                               f"pick a {key.split('.')[-1]} divisible by parallel.tp")
 
 
-def apply_tp(plan: ParallelPlan, mesh) -> None:
+def apply_tp(plan: ParallelPlan, mesh: DeviceMesh) -> None:
     """Megatron-style tensor parallelism of every block, as the model's plan says: column-wise
     layers split their output features (each rank holds whole heads), row-wise ones their
     input features, so each block needs one all-reduce in attention and one in the MLP."""
@@ -96,7 +100,8 @@ def apply_compile(model: nn.Module, plan: ParallelPlan) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, plan: ParallelPlan, mesh, *, reshard_after_forward: bool,
+def apply_fsdp(model: nn.Module, plan: ParallelPlan, mesh: DeviceMesh, *,
+               reshard_after_forward: bool,
                param_dtype: torch.dtype | None) -> None:
     """FSDP2: each block its own unit (its parameters gathered just in time), then the root
     for what is left (embeddings, final norm, output layer). reshard_after_forward=True
@@ -150,7 +155,7 @@ def load_from_rank0(model: nn.Module, weights: dict[str, torch.Tensor] | None) -
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, weights or {}, options=options)
+    set_model_state_dict(model, dict(weights or {}), options=options)
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -169,9 +174,9 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else None
         groups.setdefault(key, []).append(g)
     norms = []
-    for key, members in groups.items():
+    for members in groups.values():
         norm = torch.nn.utils.get_total_norm(members)
-        norms.append(norm.full_tensor() if key is not None else norm)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
     total = torch.nn.utils.get_total_norm(norms)
     if math.isfinite(max_norm):
         coef = min(1.0, max_norm / (float(total) + 1e-6))
@@ -210,12 +215,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Reduce gradients across ranks only when `enabled` (the last micro-batch of an
     accumulated step), so each optimizer step communicates once."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
     if enabled:
         yield
-    elif hasattr(model, "no_sync"):  # DDP
+    elif isinstance(model, DistributedDataParallel):
         with model.no_sync():
             yield
-    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+    elif isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(False)
         try:
             yield

@@ -63,10 +63,9 @@ def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig, family: str) -> di
         for i in range(cfg.n_layer):
             q, k, v = (sd[f"{n}.weight"].detach().cpu() for n in qkv(i))
             out[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat([q, k, v]).t().contiguous()
-            biases = [sd.get(f"{n}.bias") for n in qkv(i)]
+            biases = [sd[f"{n}.bias"].detach().cpu() for n in qkv(i) if f"{n}.bias" in sd]
             out[f"transformer.h.{i}.attn.c_attn.bias"] = (
-                torch.cat([b.detach().cpu() for b in biases]) if biases[0] is not None
-                else torch.zeros(3 * cfg.n_embd, dtype=q.dtype))
+                torch.cat(biases) if biases else torch.zeros(3 * cfg.n_embd, dtype=q.dtype))
     return out
 
 

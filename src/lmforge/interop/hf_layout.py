@@ -31,7 +31,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 
 WEIGHTS = "model.safetensors"
-FAMILIES = {  # HF model_type → the lmforge options that compute the same function
+FAMILIES: dict[str, dict[str, str | tuple[str, ...]]] = {  # HF model_type → the lmforge options that compute the same function
     "gpt2": {"norm": "layernorm", "mlp": ("gelu", "gelu_tanh"), "pos": "learned"},
     "llama": {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope"},
 }
@@ -90,9 +90,11 @@ _LLAMA_LINEARS = [("attn.q_proj", "self_attn.q_proj"), ("attn.k_proj", "self_att
 def pairs(cfg: ModelConfig, family: str) -> list[tuple[str, str]]:
     """(lmforge name, HF name) of every tensor that maps one to one. GPT-2's c_attn is left
     out: it fuses lmforge's q/k/v projections."""
-    w, wb = ("weight",), ("weight", "bias")
+    w: tuple[str, ...] = ("weight",)
+    wb: tuple[str, ...] = ("weight", "bias")
     if family == "gpt2":  # GPT-2 always has biases, in its norms and linears alike
-        modules = [("wte", "transformer.wte", w), ("wpe", "transformer.wpe", w)]
+        modules: list[tuple[str, str, tuple[str, ...]]] = [
+            ("wte", "transformer.wte", w), ("wpe", "transformer.wpe", w)]
         for i in range(cfg.n_layer):
             modules += [(f"blocks.{i}.{a}", f"transformer.h.{i}.{b}", wb) for a, b in _GPT2_BLOCK]
         modules.append(("norm_f", "transformer.ln_f", wb))

@@ -46,6 +46,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    rope_cos: Tensor  # (block_size, hs/2) buffers, with model.pos=rope
+    rope_sin: Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         if cfg.vocab_size <= 0:
@@ -86,7 +89,7 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                if getattr(module, "bias", None) is not None:
+                if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm | nn.RMSNorm):
                 module.reset_parameters()
@@ -111,8 +114,9 @@ class GPT(nn.Module):
         """The blocks are the units of sharding, recomputation and compilation; tensor
         parallelism splits each block's attention heads and MLP (embeddings, norms and the
         output layer stay whole), so the heads must divide among the ranks."""
-        blocks = self.blocks
-        return ParallelPlan(blocks=blocks, block_tp=Block.tp_plan(blocks[0]) if blocks else {},
+        first = next(iter(self.blocks), None)
+        return ParallelPlan(blocks=self.blocks,
+                            block_tp=first.tp_plan() if isinstance(first, Block) else {},
                             tp_divisible={"model.n_head": self.cfg.n_head})
 
     def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache | None]:

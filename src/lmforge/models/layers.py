@@ -198,7 +198,7 @@ class SwiGLU(nn.Module):
         return self.drop(self.c_proj(F.silu(self.w1(x)) * self.w3(x)))
 
 
-def make_mlp(cfg: ModelConfig) -> nn.Module:
+def make_mlp(cfg: ModelConfig) -> MLP | SwiGLU:
     if cfg.mlp in ("gelu", "gelu_tanh"):
         return MLP(cfg)
     if cfg.mlp == "swiglu":

@@ -22,7 +22,8 @@ from lmforge.models.parallel_plan import ParallelPlan
 
 State = Tensor | tuple[Tensor, Tensor]
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS: dict[str, type[nn.RNN] | type[nn.LSTM] | type[nn.GRU]] = {
+    "rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RecurrentLM(nn.Module):
@@ -116,7 +117,7 @@ class RecurrentLM(nn.Module):
         if state is None:
             return None
         if isinstance(state, tuple):
-            return tuple(s.detach() for s in state)
+            return state[0].detach(), state[1].detach()
         return state.detach()
 
     @staticmethod
@@ -127,7 +128,7 @@ class RecurrentLM(nn.Module):
             return None
         rows = mask.to(torch.bool)[None, :, None]  # (1, B, 1) against (L, B, C)
         if isinstance(state, tuple):
-            return tuple(s.masked_fill(rows, 0.0) for s in state)
+            return state[0].masked_fill(rows, 0.0), state[1].masked_fill(rows, 0.0)
         return state.masked_fill(rows, 0.0)
 
     def num_params(self, *, non_embedding: bool = False) -> int:

@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 from types import FrameType, TracebackType
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ class Preemption:
         self.repeat_after_s = repeat_after_s
         self.received = 0  # the first signal's number; 0 while none has arrived
         self._first_at = 0.0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}  # the handlers to put back
 
     def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():

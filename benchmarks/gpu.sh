@@ -28,7 +28,8 @@ train = [r for r in records if r["kind"] == "train"]
 # tokens/s over the second half of the run: compilation and warm-up left out
 half = train[len(train) // 2:]
 tok_s = (half[-1]["tokens"] - half[0]["tokens"]) / (half[-1]["elapsed_s"] - half[0]["elapsed_s"])
-from lmforge.config import from_dict, read_toml
+from lmforge.config import from_dict
+from lmforge.recipes import read_toml
 from lmforge.models import build_model
 cfg = from_dict(read_toml(run / "config.toml"), origin="config.toml")
 with torch.device("meta"):

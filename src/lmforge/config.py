@@ -14,13 +14,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError
+from lmforge.recipes import read_toml, recipe_path
 
 
 def option(default: Any, doc: str, *, choices: tuple[str, ...] | None = None,
@@ -325,58 +323,6 @@ def from_dict(tree: dict[str, Any], *, base: Config | None = None, origin: str =
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("lmforge.configs").iterdir()
-                  if p.name.endswith(".toml"))
-
-
-def recipe_path(name_or_path: str) -> Path:
-    """A recipe given as a path to a TOML file, or by name from the recipes lmforge ships."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.suffix == ".toml" or "/" in name_or_path:
-        packaged = resources.files("lmforge.configs") / path.name
-        if not path.exists() and packaged.is_file():
-            return Path(str(packaged))
-        raise ConfigError(f"config file not found: {name_or_path}; "
-                          f"give a TOML file or one of: {', '.join(recipe_names())}")
-    packaged = resources.files("lmforge.configs") / f"{name_or_path}.toml"
-    if packaged.is_file():
-        return Path(str(packaged))
-    raise ConfigError(f"no recipe named '{name_or_path}'; choose one of: {', '.join(recipe_names())} "
-                      "or give a path to a TOML file")
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
-
-
-def parse_overrides(args: list[str]) -> dict[str, str]:
-    """`--train.max_steps=200` or `--train.max_steps 200` → {'train.max_steps': '200'}."""
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument '{arg}'; overrides look like --train.max_steps=200")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise ConfigError(f"--{key} needs a value, like --{key}=VALUE")
-            value = args[i + 1]
-            i += 1
-        key = key.replace("-", "_")
-        coerce(key, value)  # unknown keys and bad values fail here, before anything runs
-        overrides[key] = value
-        i += 1
-    return overrides
 
 
 def load_config(recipe: str | None, overrides: dict[str, str] | None = None) -> Config:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lmforge import checkpoint
-from lmforge.config import Config, load_config, recipe_path
+from lmforge.config import Config, load_config
 from lmforge.console import log
 from lmforge.data import shards
 from lmforge.data.prepare import ensure_dataset
@@ -38,6 +38,7 @@ from lmforge.distributed.env import SINGLE, DistInfo
 from lmforge.distributed.parallelize import resolve_strategy
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.interop import init_from
+from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, new_run_dir, read_run_config, write_config
 
 

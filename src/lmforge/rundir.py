@@ -27,8 +27,9 @@ from typing import Literal
 
 import tomli_w
 
-from lmforge.config import Config, from_dict, read_toml, set_value, validate
+from lmforge.config import Config, from_dict, set_value, validate
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.recipes import read_toml
 
 CONFIG_FILE = "config.toml"
 WEIGHTS_FILE = "model.safetensors"  # in each checkpoint: the full weights, for anyone to load

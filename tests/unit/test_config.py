@@ -2,8 +2,10 @@ import tomllib
 
 import pytest
 
-from lmforge.config import Config, from_dict, load_config, parse_overrides, recipe_names
+from lmforge.cli.options import parse_overrides
+from lmforge.config import Config, from_dict, load_config
 from lmforge.errors import ConfigError
+from lmforge.recipes import recipe_names
 from lmforge.rundir import RunDir, read_run_config, write_config
 
 

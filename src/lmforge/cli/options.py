@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-from lmforge.config import SECTIONS, FieldInfo, coerce, field_infos, parse_overrides
+from lmforge.config import SECTIONS, FieldInfo, coerce, field_infos
+from lmforge.errors import ConfigError
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,3 +64,24 @@ def collect_overrides(args: argparse.Namespace, rest: list[str]) -> dict[str, st
     for key, value in known.items():
         coerce(key, value)
     return {**known, **parse_overrides(rest)}
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`--train.max_steps=200` or `--train.max_steps 200` → {'train.max_steps': '200'}."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}'; overrides look like --train.max_steps=200")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value, like --{key}=VALUE")
+            value = args[i + 1]
+            i += 1
+        key = key.replace("-", "_")
+        coerce(key, value)  # unknown keys and bad values fail here, before anything runs
+        overrides[key] = value
+        i += 1
+    return overrides

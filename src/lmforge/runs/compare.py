@@ -26,9 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import Config, load_config, recipe_path
+from lmforge.config import Config, load_config
 from lmforge.data.shards import MANIFEST
 from lmforge.errors import ConfigError
+from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir
 
 DEFAULT_RECIPES = ("shakespeare_char", "lstm_char")

@@ -30,10 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmforge.config import load_config, recipe_path
+from lmforge.config import load_config
 from lmforge.console import log
 from lmforge.data.prepare import ensure_dataset
 from lmforge.errors import LmforgeError
+from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, checkpoint_name
 
 # Settings that make the two runs quick and comparable, whatever the recipe says.

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config import load_config, recipe_path
+from lmforge.config import load_config
 from lmforge.console import log
 from lmforge.data.prepare import ensure_dataset
 from lmforge.distributed.device import precision_name
 from lmforge.errors import LmforgeError
 from lmforge.plan import local_plan
+from lmforge.recipes import recipe_path
 from lmforge.train import mfu
 from lmforge.train.trainer import Trainer
 

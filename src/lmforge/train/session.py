@@ -11,7 +11,8 @@ from lmforge.interop.init_from import load_state
 from lmforge.plan import RunPlan
 from lmforge.rundir import write_config
 from lmforge.train import preemption
-from lmforge.train.trainer import FitResult, Trainer
+from lmforge.train.state import FitResult
+from lmforge.train.trainer import Trainer
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,12 @@ from lmforge.data.loader import RandomWindows, Streams
 from lmforge.data.tokenizer import load_tokenizer
 from lmforge.distributed import env
 from lmforge.distributed.device import autocast_for, precision_name
-from lmforge.distributed.parallelize import clip_grad_norm, gradient_sync, model_state_bytes
+from lmforge.distributed.parallelize import (
+    SHARDED,
+    clip_grad_norm,
+    gradient_sync,
+    model_state_bytes,
+)
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import cross_entropy, split_loss, summarize
 from lmforge.models.rnn import RecurrentLM
@@ -47,52 +52,9 @@ from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.preemption import Preemption
 from lmforge.train.profiling import StepProfiler
 from lmforge.train.sampling import draw_samples
+from lmforge.train.state import Clock, Counters, FitResult
 from lmforge.train.streams import StreamStates
 from lmforge.train.tensorboard import TensorBoard
-
-
-@dataclasses.dataclass
-class Counters:
-    """The trainer's own progress; saved in every checkpoint."""
-
-    step: int = 0
-    tokens: int = 0
-    best_val: float = math.inf
-    best_step: int = -1
-    evals_without_improvement: int = 0
-    nonfinite_in_a_row: int = 0  # steps skipped for a NaN/Inf loss or gradient norm, in a row
-    skipped_steps: int = 0  # all the steps skipped so far
-
-
-@dataclasses.dataclass(frozen=True)
-class FitResult:
-    """How a call of `fit` ended."""
-
-    step: int
-    stopped: str  # max_steps, max_minutes, early_stop, signal, or finished (nothing to do)
-    signal: int  # the signal that stopped it (SIGTERM, SIGINT), 0 when none did
-    best_val_loss: float
-    elapsed_s: float = 0.0
-    tokens_per_s: float = math.nan
-    mfu: float = math.nan
-
-
-@dataclasses.dataclass
-class _Clock:
-    """Time and throughput of one call of `fit`."""
-
-    first_step: int
-    start: float
-    deadline: float
-    tokens_per_step: int
-    step_time: float = 0.0  # in training steps only: tokens/s leaves out evaluation and saves
-    startup: float | None = None
-    last_recorded: int = -1  # the last step with a train record
-    loss: float = math.nan  # of the last step
-    norm: float = math.nan
-
-    def tokens_per_s(self, step: int) -> float:
-        return (step - self.first_step) * self.tokens_per_step / max(self.step_time, 1e-9)
 
 
 class Trainer:
@@ -112,7 +74,7 @@ class Trainer:
         self.recurrent = isinstance(self.raw_model, RecurrentLM)
         self.flops_per_token = self.raw_model.flops_per_token()  # before sharding changes shapes
         self.optimizer = build_optimizer(self.model, cfg.optim, device_type=self.device.type,
-                                         fused=self.strategy in ("single", "ddp"))
+                                         fused=self.strategy not in SHARDED)
         if info.distributed:  # dropout differs between data-parallel ranks, not within a TP group
             torch.manual_seed(cfg.run.seed + info.dp_rank)
         loader = Streams if self.recurrent else RandomWindows
@@ -324,7 +286,7 @@ class Trainer:
         if peak:
             log(peak)
         start = self._start = time.perf_counter()
-        clock = _Clock(first_step=c.step, start=start,
+        clock = Clock(first_step=c.step, start=start,
                        deadline=start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf,
                        tokens_per_step=self.train_data.global_batch * self.cfg.model.block_size)
         progress = TrainProgress(max_steps=t.max_steps, first_step=c.step,
@@ -360,7 +322,7 @@ class Trainer:
             log(f"truncated BPTT: {d.global_batch} streams of {d.chunks} chunks x "
                 f"{d.block_size} tokens; one pass over the train split every {d.chunks} steps")
 
-    def _steps(self, clock: _Clock, progress: TrainProgress, profiler: StepProfiler,
+    def _steps(self, clock: Clock, progress: TrainProgress, profiler: StepProfiler,
                preemption: Preemption) -> tuple[str, int]:
         """Train until a bound, early stopping or a signal: (why it stopped, the signal)."""
         c, cfg = self.counters, self.cfg
@@ -400,7 +362,7 @@ class Trainer:
                 return "max_minutes", 0
         return "max_steps", 0
 
-    def _write_train_record(self, clock: _Clock, now: float) -> None:
+    def _write_train_record(self, clock: Clock, now: float) -> None:
         c = self.counters
         tok_s = clock.tokens_per_s(c.step)
         record: dict[str, Any] = {
@@ -416,7 +378,7 @@ class Trainer:
         if self.info.is_main:
             self.metrics.write(record)
 
-    def _finish(self, clock: _Clock, stopped: str, signum: int) -> FitResult:
+    def _finish(self, clock: Clock, stopped: str, signum: int) -> FitResult:
         c = self.counters
         elapsed = time.perf_counter() - clock.start
         self._record_memory()

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.run is not None:
-        from lmforge.rundir import load_run
+        from lmforge.runs.load import load_run
 
         run = load_run(args.run, which="latest", device="cpu")
         model, cfg = run.model, run.cfg

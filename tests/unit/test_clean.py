@@ -14,18 +14,8 @@ import numpy as np
 import pytest
 
 from lmforge.config import CleanConfig
-from lmforge.data.clean import (
-    CleanStats,
-    DedupKey,
-    Deduplicator,
-    StepCount,
-    clean_document,
-    dedup_key,
-    dup_line_frac,
-    pos_statistics,
-    shingle_hashes,
-    top_ngram_frac,
-)
+from lmforge.data.clean import CleanStats, StepCount, clean_document, dup_line_frac, top_ngram_frac
+from lmforge.data.dedup import DedupKey, Deduplicator, dedup_key, shingle_hashes
 from lmforge.data.document import Document
 from lmforge.errors import DataError
 
@@ -275,7 +265,7 @@ def test_dedup_key_pickles_and_is_the_same_in_another_process():
     assert key.hashvalues.dtype == np.uint64 and np.array_equal(back.hashvalues, key.hashvalues)
     # Workers have their own hash seeds; nothing in the key may depend on them.
     code = ("import sys; from lmforge.config import CleanConfig;"
-            "from lmforge.data.clean import dedup_key;"
+            "from lmforge.data.dedup import dedup_key;"
             "k = dedup_key(sys.argv[1], CleanConfig(dedup_near=True));"
             "print(k.digest.hex(), k.hashvalues.tobytes().hex())")
     out = subprocess.run([sys.executable, "-c", code, ZH + " mixed text"], capture_output=True,
@@ -293,44 +283,3 @@ def test_clean_document_is_deterministic_and_picklable():
     assert first == again and first[-1] is None
     assert pickle.loads(pickle.dumps(clean_document)) is clean_document
 
-
-# ---------------------------------------------------------------- part-of-speech statistics
-
-def test_pos_statistics_without_the_tagger_says_how_to_install_it(monkeypatch, tmp_path):
-    import nltk
-
-    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])  # a data path with nothing in it
-    with pytest.raises(DataError) as info:
-        pos_statistics(["The cat sat."], sample=1)
-    message = str(info.value)
-    assert "\n" not in message and "taggers/averaged_perceptron_tagger_eng" in message
-    assert f"python -m nltk.downloader -d {tmp_path} averaged_perceptron_tagger_eng" in message
-
-
-def test_pos_statistics_counts_tags():
-    import nltk
-
-    try:
-        nltk.data.find("taggers/averaged_perceptron_tagger_eng/")
-    except LookupError:
-        pytest.skip("NLTK's averaged_perceptron_tagger_eng is not installed")
-    stats = pos_statistics(iter(["The cat sat on the mat.", "Dogs bark.", "not sampled"]), sample=2)
-    assert stats["documents"] == 2 and stats["tokens"] == 10
-    assert stats["tags"]["DT"] == 2 and sum(stats["tags"].values()) == 10
-
-
-def test_pos_statistics_with_a_tagger_trained_here(monkeypatch, tmp_path):
-    # A tiny perceptron tagger saved where nltk looks, so the whole path runs without downloads.
-    import nltk
-    from nltk.tag.perceptron import PerceptronTagger
-
-    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
-    loc = tmp_path / "taggers" / "averaged_perceptron_tagger_eng"
-    loc.mkdir(parents=True)
-    tagger = PerceptronTagger(load=False)
-    tagger.train([[("The", "DT"), ("cat", "NN"), ("sat", "VBD"), ("on", "IN"), ("the", "DT"),
-                   ("mat", "NN"), (".", ".")], [("Dogs", "NNS"), ("bark", "VBP"), (".", ".")]])
-    tagger.save_to_json(lang="eng", loc=str(loc))
-    stats = pos_statistics(iter(["The cat sat on the mat.", "Dogs bark.", "not sampled"]), sample=2)
-    assert stats == {"documents": 2, "tokens": 10, "tags": {"DT": 2, "NN": 2, ".": 2, "VBD": 1,
-                                                            "IN": 1, "NNS": 1, "VBP": 1}}

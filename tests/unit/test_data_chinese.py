@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,32 @@ def test_tokenizer_from_must_match_the_segmentation(tmp_path):
     made = prepare([str(tmp_path / "zh")], tmp_path / "new", tokenizer_from=tmp_path / "seg",
                    clean=SEGMENTED, **QUIET)
     assert made["splits"]["train"]["tokens"] > 0
+
+
+def test_segment_chinese_without_jieba_stops_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jieba", None)  # what an absent package looks like to import
+    src = tmp_path / "bad.jsonl"
+    src.write_text("[1, 2]\n")  # an error about it would mean it was read
+    with pytest.raises(DataError, match=r"segment_chinese needs jieba: pip install 'lmforge\[zh\]'"):
+        prepare([str(src)], tmp_path / "ds", clean=SEGMENTED, **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+def test_dataset_segmented_by_an_older_lmforge_is_prepared_again(tmp_path):
+    write_corpus(tmp_path / "zh")
+    out = tmp_path / "ds"
+    prepare([str(tmp_path / "zh")], out, tokenizer=TokenizerConfig("char"), clean=SEGMENTED, **QUIET)
+    meta_path = out / "tokenizer" / "tokenizer_meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["segment_chinese"]  # what lmforge wrote before decoding removed the spaces
+    meta_path.write_text(json.dumps(meta))
+    log: list[str] = []
+    prepare([str(tmp_path / "zh")], out, tokenizer=TokenizerConfig("char"), clean=SEGMENTED,
+            log=log.append, progress=False)
+    assert log[0] == (f"{out} was prepared with a tokenizer that keeps the spaces "
+                      "segment_chinese inserts; preparing it again")
+    assert load_tokenizer(out / "tokenizer").segmented
+    log.clear()
+    prepare([str(tmp_path / "zh")], out, tokenizer=TokenizerConfig("char"), clean=SEGMENTED,
+            log=log.append, progress=False)
+    assert log == [f"reusing prepared dataset at {out}"]

@@ -4,15 +4,14 @@ read progress counted in the same unit as its total (the files' on-disk bytes)."
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import re
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_reuters import make_tar, story
 
 from lmforge.config import DataConfig, TokenizerConfig
 from lmforge.data.prepare import prepare
@@ -22,31 +21,15 @@ from lmforge.data.sources import iter_units
 LINE = re.compile(r"^(read and clean|tokenize): ([\d,]+) B(?: of ([\d,]+) B \((\d+)%\))?, \d+s")
 
 
-class Log(list):
-    def __call__(self, line: str) -> None:
-        self.append(line)
-
-
 def prose(i: int, words: int = 400) -> str:
     return " ".join(f"word{(i * 7 + k) % 613} of document {i}" for k in range(words)) + "\n"
 
 
 def reuters_sgm(first: int, count: int) -> bytes:
-    """Reuters-21578 SGML as the distribution writes it, small."""
-    stories = [f'<REUTERS TOPICS="NO" LEWISSPLIT="TRAIN" NEWID="{n}">\n<DATE>1-MAR-1987</DATE>\n'
-               f'<TEXT>&#2;\n<TITLE>STORY {n}</TITLE>\n<BODY>{prose(n, 60)}&#3;</BODY></TEXT>\n'
-               "</REUTERS>\n" for n in range(first, first + count)]
+    """A Reuters-21578 .sgm file of `count` stories, small."""
+    stories = [story(n, text=f">&#2;\n<TITLE>STORY {n}</TITLE>\n<BODY>{prose(n, 60)}&#3;</BODY>")
+               for n in range(first, first + count)]
     return ('<!DOCTYPE lewis SYSTEM "lewis.dtd">\n' + "".join(stories)).encode()
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def corpus(tmp_path: Path, kind: str) -> Path:
@@ -64,7 +47,7 @@ def corpus(tmp_path: Path, kind: str) -> Path:
         rows = "".join(json.dumps({"text": prose(i, 40)}) + "\n" for i in range(1500))
         (src / "rows.jsonl.gz").write_bytes(gzip.compress(rows.encode()))
     elif kind == "tar.gz":
-        (src / "reuters21578.tar.gz").write_bytes(tar_gz(
+        (src / "reuters21578.tar.gz").write_bytes(make_tar(
             {"README.txt": b"not a story", "reut2-001.sgm": reuters_sgm(1001, 40),
              "reut2-000.sgm": reuters_sgm(1, 40)}))
     elif kind == "parquet":
@@ -130,8 +113,8 @@ def test_progress_lines_come_every_every_s_not_every_batch(tmp_path, capsys):
 
 def test_says_so_before_training_a_tokenizer(tmp_path):
     src = corpus(tmp_path, "plain")
-    log = Log()
-    prepare([str(src)], tmp_path / "ds", tokenizer=TokenizerConfig("bpe", 300), log=log,
+    log: list[str] = []
+    prepare([str(src)], tmp_path / "ds", tokenizer=TokenizerConfig("bpe", 300), log=log.append,
             progress=False)
     starts = [i for i, line in enumerate(log) if line.startswith("training a bpe tokenizer")]
     ends = [i for i, line in enumerate(log) if line.startswith("trained bpe tokenizer")]

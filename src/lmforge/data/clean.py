@@ -1,8 +1,7 @@
-"""Cleaning, filtering and duplicate removal for `lmforge prepare`.
+"""Cleaning and filtering for `lmforge prepare` (duplicate removal is in dedup.py).
 
-`clean_document` and `dedup_key` run in worker processes: module-level, deterministic, and
-free of mutable global state (the only caches hold compiled patterns built from constant
-Unicode tables). `Deduplicator` runs in the main process and sees documents in order.
+`clean_document` runs in worker processes: module-level, deterministic, and free of mutable
+global state (the only caches hold compiled patterns built from constant Unicode tables).
 
 Choices the options leave open:
 - control_chars keeps "\\r" (the whitespace step turns it into a line end; dropping a lone
@@ -14,6 +13,9 @@ Choices the options leave open:
   line break, and what two lines of tinyshakespeare end with, which must stay byte-exact.
 - mask_pii leaves placeholders upper case under lowercase; strip_punct deletes punctuation
   (category P*) without inserting spaces; "<" and ">" are symbols, so placeholders survive.
+- segment_chinese spaces the words of Han runs only (chinese.py), so the spaces it inserts
+  are exactly the single spaces between two Han characters, which decoding removes; no
+  later step touches them (strip_punct finds no punctuation inside a Han run).
 - max_dup_line_frac: characters of non-blank lines that repeat an earlier line, over the
   characters of all non-blank lines (Gopher's "duplicate line character fraction").
   max_dup_ngram_frac: share of words covered by the occurrences of the most frequent word
@@ -25,23 +27,18 @@ Choices the options leave open:
 from __future__ import annotations
 
 import functools
-import hashlib
 import html
 import ipaddress
 import itertools
 import re
 import unicodedata
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from types import ModuleType
-
-import numpy as np
 
 from lmforge.config import CleanConfig
+from lmforge.data import chinese
 from lmforge.data.document import Document
-from lmforge.errors import DataError
 
 STEPS = ("normalize", "control_chars", "whitespace", "markup", "mask_pii", "segment_chinese",
          "lowercase", "strip_punct", "length", "repetition", "dedup_exact", "dedup_near")
@@ -257,25 +254,8 @@ def _mask_pii(text: str, cfg: CleanConfig) -> str:
     return _PHONE.sub(_phone, text)
 
 
-_HAN_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
-
-
-def _jieba() -> ModuleType:
-    try:
-        import jieba
-    except ImportError as e:
-        raise DataError("clean.segment_chinese needs jieba: pip install 'lmforge[zh]'") from e
-    import logging
-
-    jieba.setLogLevel(logging.WARNING)  # it logs dictionary loading at DEBUG on every process
-    return jieba
-
-
 def _segment_chinese(text: str, cfg: CleanConfig) -> str:
-    if not _HAN_RUN.search(text):
-        return text
-    jieba = _jieba()
-    return _HAN_RUN.sub(lambda m: " ".join(jieba.lcut(m.group())), text)
+    return chinese.segment(text)
 
 
 _PLACEHOLDER = re.compile(r"(<(?:EMAIL|PHONE|IP)>)")
@@ -367,146 +347,3 @@ def clean_document(doc: Document, cfg: CleanConfig, stats: CleanStats) -> Docume
         stats.count(name, bytes_in=nbytes, bytes_out=new_bytes)
         text, nbytes = new, new_bytes
     return doc if text == doc.text else replace(doc, text=text)
-
-
-# ---------------------------------------------------------------- duplicates
-
-_SCHEME = "affine64"  # datasketch >= 2: 64-bit shingle hashes in, uint64 hash values out
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_BATCH = 4096  # shingles per update_batch: its (shingles x num_perm) matrix stays ~4 MB
-
-
-@dataclass(frozen=True, eq=False)
-class DedupKey:
-    digest: bytes  # blake2b-128 of the text casefolded with whitespace collapsed
-    hashvalues: np.ndarray | None = None  # MinHash signature (uint64) when dedup_near
-
-
-def _datasketch() -> ModuleType:
-    import datasketch
-
-    if int(datasketch.__version__.split(".")[0]) < 2:
-        raise DataError(f"clean.dedup_near needs datasketch >= 2.0 (found "
-                        f"{datasketch.__version__}): pip install -U 'datasketch>=2'")
-    return datasketch
-
-
-@functools.cache
-def _permutations(num_perm: int) -> np.ndarray:
-    # Drawing them costs more than hashing a paragraph; they depend on num_perm and seed only.
-    return _datasketch().MinHash(num_perm=num_perm, seed=1, scheme=_SCHEME).permutations
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    # Spread 32-bit ids (code points, CRCs) over 64 bits before they are combined.
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def shingle_hashes(norm: str, n: int = 5) -> np.ndarray:
-    """Distinct 64-bit hashes of word n-grams of `norm`, or of character n-grams when it has
-    few words for its length (Chinese or Japanese without spaces, very short texts)."""
-    words = norm.split(" ")
-    if len(words) >= 10 and len(norm) <= 20 * len(words):
-        # CRC-32 per distinct word: 5x cheaper than blake2b, and a rare collision between two
-        # words of one document moves its Jaccard estimate by next to nothing.
-        table = {w: zlib.crc32(w.encode("utf-8", "surrogatepass")) for w in set(words)}
-        ids = np.fromiter(map(table.__getitem__, words), dtype=np.uint64, count=len(words))
-    else:
-        ids = np.frombuffer(norm.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    ids = _splitmix(ids.astype(np.uint64))
-    n = max(1, min(n, len(ids)))
-    m = len(ids) - n + 1
-    h = np.zeros(m, dtype=np.uint64)
-    for k in range(n):  # polynomial hash of each window, wrapping mod 2^64
-        h = h * _MIX + ids[k:k + m]
-    return np.unique(h)
-
-
-def dedup_key(text: str, cfg: CleanConfig) -> DedupKey:
-    """What the Deduplicator compares: an exact digest and, with dedup_near, a MinHash."""
-    norm = " ".join(text.casefold().split())
-    digest = hashlib.blake2b(norm.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    if not cfg.dedup_near:
-        return DedupKey(digest)
-    # The shingles are already 64-bit hashes, so the hash function is the identity.
-    mh = _datasketch().MinHash(num_perm=cfg.near_num_perm, seed=1, hashfunc=int, scheme=_SCHEME,
-                               permutations=_permutations(cfg.near_num_perm))
-    shingles = shingle_hashes(norm)
-    for start in range(0, len(shingles), _BATCH):
-        mh.update_batch(shingles[start:start + _BATCH].tolist())
-    return DedupKey(digest, mh.hashvalues)
-
-
-class Deduplicator:
-    """Drops documents that repeat one already kept; fed in document order.
-
-    Memory per kept document (measured, 128 permutations): ~105 bytes for the set of 16-byte
-    digests; with dedup_near ~3.7 KB for datasketch's LSH index plus ~1.1 KB for the kept
-    signature, which confirms LSH candidates by their estimated Jaccard similarity, since
-    banding alone lets some below the threshold in.
-    """
-
-    def __init__(self, cfg: CleanConfig) -> None:
-        self.cfg = cfg
-        self._digests: set[bytes] = set()
-        self._signatures: list[np.ndarray] = []
-        self._lsh = None
-        if cfg.dedup_near:
-            ds = _datasketch()
-            self._lsh = ds.MinHashLSH(threshold=cfg.near_threshold, num_perm=cfg.near_num_perm)
-            self._lean = ds.LeanMinHash
-
-    def check(self, doc_id: str, key: DedupKey, *, nbytes: int, stats: CleanStats) -> str | None:
-        """'exact' or 'near' when `key` repeats a kept document, else None (and it is kept).
-
-        `doc_id` is not stored: the LSH is keyed by arrival number, so repeated ids are safe.
-        """
-        cfg = self.cfg
-        if cfg.dedup_exact:
-            dup = key.digest in self._digests
-            stats.count("dedup_exact", bytes_in=nbytes, bytes_out=None if dup else nbytes)
-            if dup:
-                return "exact"
-        if self._lsh is not None:
-            if key.hashvalues is None:
-                raise ValueError(f"{doc_id}: DedupKey made without dedup_near")
-            lean = self._lean(seed=1, hashvalues=key.hashvalues, scheme=_SCHEME)
-            near = any(np.mean(self._signatures[c] == key.hashvalues) >= cfg.near_threshold
-                       for c in self._lsh.query(lean))
-            stats.count("dedup_near", bytes_in=nbytes, bytes_out=None if near else nbytes)
-            if near:
-                return "near"
-            self._lsh.insert(len(self._signatures), lean, check_duplication=False)
-            self._signatures.append(key.hashvalues)
-        if cfg.dedup_exact:
-            self._digests.add(key.digest)
-        return None
-
-
-# ---------------------------------------------------------------- part-of-speech statistics
-
-_TAGGER = "averaged_perceptron_tagger_eng"
-
-
-def pos_statistics(texts: Iterable[str], *, sample: int) -> dict:
-    """NLTK part-of-speech tag frequencies (top 20) of the first `sample` texts."""
-    import nltk
-
-    try:
-        nltk.data.find(f"taggers/{_TAGGER}/")
-    except LookupError:
-        where = nltk.data.path[0]
-        raise DataError(f"NLTK resource taggers/{_TAGGER} is missing: run `python -m "
-                        f"nltk.downloader -d {where} {_TAGGER}` (it must go under a directory "
-                        f"of nltk.data.path, the first being {where})") from None
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        tokenize = nltk.word_tokenize
-    except LookupError:  # punkt only splits sentences; a regex split serves for counting tags
-        tokenize = re.compile(r"\w+|[^\w\s]").findall
-    docs = [tokenize(t) for t in itertools.islice(texts, max(sample, 0))]
-    tags = Counter(tag for sent in nltk.pos_tag_sents(docs) for _, tag in sent)
-    return {"documents": len(docs), "tokens": sum(map(len, docs)),
-            "tags": dict(tags.most_common(20))}

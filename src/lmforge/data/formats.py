@@ -172,15 +172,20 @@ def _decompressor(path: Path, fh: IO[bytes]) -> IO[bytes]:
 
 
 @contextmanager
+def _decompressed(path: Path, fh: IO[bytes]) -> Iterator[IO[bytes]]:
+    stream = _decompressor(path, fh)
+    if stream is fh:
+        yield fh
+        return
+    with stream:
+        yield io.BufferedReader(_Guarded(stream, path), buffer_size=_CHUNK)
+
+
+@contextmanager
 def open_stream(path: Path) -> Iterator[IO[bytes]]:
     """The file's bytes, decompressed by its suffix, read in a stream."""
-    with open(path, "rb") as fh:
-        stream = _decompressor(path, fh)
-        if stream is fh:
-            yield fh
-            return
-        with stream:
-            yield io.BufferedReader(_Guarded(stream, path), buffer_size=_CHUNK)
+    with open(path, "rb") as fh, _decompressed(path, fh) as stream:
+        yield stream
 
 
 def read_bytes(path: Path, *, skip_binary: bool) -> bytes | None:
@@ -217,11 +222,20 @@ def _jsonl_text(obj: dict, path: Path, line: int, field: str) -> str:
     return text
 
 
-def jsonl_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
-    """Runs of whole lines of about _JSONL_CHUNK bytes, each with its first line's number."""
+@dataclass(frozen=True)
+class Chunk:
+    """A run of whole lines of a file."""
+
+    data: bytes
+    first_line: int  # the number of its first line
+    reached: int  # how far into the file on disk reading had got (compressed bytes if so)
+
+
+def jsonl_chunks(path: Path) -> Iterator[Chunk]:
+    """Runs of whole lines of about _JSONL_CHUNK bytes."""
     line = 1
     parts: list[bytes] = []
-    with open_stream(path) as stream:
+    with open(path, "rb") as fh, _decompressed(path, fh) as stream:
         while block := stream.read(_JSONL_CHUNK):
             cut = block.rfind(b"\n") + 1
             if not cut:  # a line longer than a block: keep gathering it
@@ -229,11 +243,12 @@ def jsonl_chunks(path: Path) -> Iterator[tuple[bytes, int]]:
                 continue
             chunk = b"".join([*parts, block[:cut]])
             parts = [block[cut:]]
-            yield chunk, line
+            yield Chunk(chunk, line, fh.tell())
             line += chunk.count(b"\n")
+        reached = fh.tell()
     rest = b"".join(parts)
     if rest:
-        yield rest, line
+        yield Chunk(rest, line, reached)
 
 
 def parse_jsonl(payload: tuple[bytes, str, str, int, str], stats: SourceStats) -> list[Document]:
@@ -265,22 +280,39 @@ def parse_jsonl(payload: tuple[bytes, str, str, int, str], stats: SourceStats) -
 def iter_jsonl(path: Path, file_id: str, options: SourceOptions,
                stats: SourceStats) -> Iterator[Document]:
     """One document per JSON object line; the other fields become meta."""
-    for chunk, first in jsonl_chunks(path):
-        yield from parse_jsonl((chunk, str(path), file_id, first, options.text_field), stats)
+    for chunk in jsonl_chunks(path):
+        yield from parse_jsonl((chunk.data, str(path), file_id, chunk.first_line,
+                                options.text_field), stats)
 
 
-def iter_parquet(path: Path, file_id: str, options: SourceOptions,
-                 stats: SourceStats) -> Iterator[Document]:
-    """One document per row, read batch by batch within row groups, never the whole file."""
+@contextmanager
+def _parquet(path: Path) -> Iterator[Any]:
+    """The open Parquet file; its failures, then or later, as one DataError."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if inner_name(path.name) != path.name:
         raise DataError(f"{path}: Parquet compresses its own columns and cannot be read "
                         "through a compressed stream; decompress the file")
-    field = options.text_field
     try:
-        pf = pq.ParquetFile(path)
+        with pq.ParquetFile(path) as pf:
+            yield pf
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path} is not a readable Parquet file ({type(err).__name__}: "
+                        f"{err}); re-download or re-write it") from err
+
+
+def parquet_rows(path: Path) -> int:
+    """How many rows (documents) a Parquet file holds, from its footer."""
+    with _parquet(path) as pf:
+        return pf.metadata.num_rows
+
+
+def iter_parquet(path: Path, file_id: str, options: SourceOptions,
+                 stats: SourceStats) -> Iterator[Document]:
+    """One document per row, read batch by batch within row groups, never the whole file."""
+    field = options.text_field
+    with _parquet(path) as pf:
         columns = pf.schema_arrow.names
         if field not in columns:
             raise DataError(f"{path} has no column {field!r} (columns: {', '.join(columns)}); "
@@ -299,6 +331,3 @@ def iter_parquet(path: Path, file_id: str, options: SourceOptions,
                                     "--text-field")
                 yield Document(text=text, id=f"{file_id}:{row}", meta=record)
                 row += 1
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path} is not a readable Parquet file ({type(err).__name__}: "
-                        f"{err}); re-download or re-write it") from err

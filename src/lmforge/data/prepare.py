@@ -3,6 +3,11 @@
 The dataset is built in a hidden sibling directory and renamed into place when complete,
 so a crash never leaves half a dataset behind, and preparing again with the same inputs
 and settings reuses the result instead of redoing it. See stages.py for the two passes.
+
+What the options need that may be missing (jieba, NLTK's tagger) is checked before any
+source is read. Each pass shows its progress: a bar on a terminal, elsewhere a line every
+ten seconds (console.Progress). Reading counts the sources' bytes on disk, the unit its
+total is known in before anything is read; tokenizing counts the cleaned text's bytes.
 """
 
 from __future__ import annotations
@@ -10,19 +15,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from lmforge.config import CleanConfig, Config, DataConfig, TokenizerConfig, validate_data
-from lmforge.data import shards, stages
-from lmforge.data.clean import CleanStats, pos_statistics
+from lmforge.console import Progress
+from lmforge.data import chinese, shards, stages
+from lmforge.data.clean import CleanStats
 from lmforge.data.document import TRAIN, VAL, SourceOptions
 from lmforge.data.parallel import WorkerPool, default_workers
+from lmforge.data.pos import Taggers, check_sample, load_taggers, pos_statistics
 from lmforge.data.report import (
     build_report,
     file_checksums,
@@ -32,8 +36,9 @@ from lmforge.data.report import (
     versions,
 )
 from lmforge.data.shards import ShardWriter, dtype_for
-from lmforge.data.sources import SourceStats, fingerprint, iter_units, source_files
+from lmforge.data.sources import SourceStats, fingerprint, is_remote, iter_units, source_files
 from lmforge.data.tokenizer import (
+    Tokenizer,
     find_tokenizer,
     load_tokenizer,
     tokenizer_digest,
@@ -57,27 +62,29 @@ class _Run:
     pool: WorkerPool  # both passes share its processes
     log: Callable[[str], None]
     show_progress: bool
+    progress_every_s: float
     tokenizer_from: Path | None = None  # a tokenizer directory to use instead of training one
+    taggers: Taggers | None = None  # with clean.pos_sample
     timing: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def progress(self, desc: str, total: int | None) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True,
-                    file=sys.stderr, disable=not (self.show_progress and sys.stderr.isatty()),
-                    leave=False)
+    def progress(self, desc: str, total: int | None) -> Progress:
+        return Progress(desc, total=total, enabled=self.show_progress, unit="B",
+                        unit_scale=True, every_s=self.progress_every_s)
 
 
 def _read_and_clean(run: _Run, tmp: Path) -> tuple[stages.Spool, SourceStats, CleanStats]:
     t0 = time.perf_counter()
     run.pool.start()  # the workers import while the sources are opened and read
     src_stats, clean_stats = SourceStats(), CleanStats()
-    files = source_files(run.sources, run.options)
-    total = sum(p.stat().st_size for p in files) or None
+    total = None  # a remote source's size is known only once it is read
+    if not any(map(is_remote, run.sources)):
+        total = sum(p.stat().st_size for p in source_files(run.sources, run.options))
     spool = stages.Spool(tmp / "spool.jsonl", run.settings["val_fraction"])
     with run.progress("read and clean", total) as bar:
         stages.spool_documents(iter_units(run.sources, run.options, stats=src_stats), spool,
                                specs=run.sources, cfg=run.clean, pool=run.pool,
                                source_stats=src_stats, clean_stats=clean_stats,
-                               progress=bar.update)
+                               progress=bar.advance)
     run.timing["read_clean"] = time.perf_counter() - t0
     where = ", ".join(run.sources)
     run.log(f"read {spool.documents:,} document{'s' * (spool.documents != 1)} "
@@ -88,19 +95,29 @@ def _read_and_clean(run: _Run, tmp: Path) -> tuple[stages.Spool, SourceStats, Cl
     return spool, src_stats, clean_stats
 
 
-def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str, Any], stages.SplitCounts]:
+def _tokenizer(run: _Run, tmp: Path, spool: stages.Spool) -> Tokenizer:
     t0 = time.perf_counter()
     s = run.settings
     if run.tokenizer_from is not None:
         tok = load_tokenizer(tmp / TOKENIZER_DIR)
         run.timing["tokenizer"] = 0.0
         run.log(f"{tok.kind} tokenizer of {run.tokenizer_from}: vocabulary {tok.vocab_size:,}")
-    else:
-        tok = train_tokenizer(s["tokenizer"], stages.spooled_texts(spool), vocab_size=s["vocab_size"])
-        tok.save(tmp / TOKENIZER_DIR)
-        run.timing["tokenizer"] = time.perf_counter() - t0
-        run.log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} in "
-                f"{run.timing['tokenizer']:.1f}s")
+        return tok
+    if s["tokenizer"] != "byte":  # the byte tokenizer learns nothing; BPE can take minutes
+        vocab = f" (vocabulary {s['vocab_size']:,})" if s["tokenizer"] == "bpe" else ""
+        run.log(f"training a {s['tokenizer']} tokenizer{vocab} on {spool.bytes / 1e6:,.1f} MB ...")
+    tok = train_tokenizer(s["tokenizer"], stages.spooled_texts(spool), vocab_size=s["vocab_size"],
+                          segmented=run.clean.segment_chinese)
+    tok.save(tmp / TOKENIZER_DIR)
+    run.timing["tokenizer"] = time.perf_counter() - t0
+    run.log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} in "
+            f"{run.timing['tokenizer']:.1f}s")
+    return tok
+
+
+def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str, Any], stages.SplitCounts]:
+    s = run.settings
+    tok = _tokenizer(run, tmp, spool)
     t0 = time.perf_counter()
     dtype = dtype_for(tok.vocab_size)
     with ShardWriter(tmp, TRAIN, dtype, shard_tokens=s["shard_tokens"]) as train, \
@@ -109,7 +126,7 @@ def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str,
         writers = {TRAIN: train, VAL: val}
         counts = stages.write_shards(spool, tokenizer=tok, tokenizer_dir=tmp / TOKENIZER_DIR,
                                      writers=writers, pool=run.pool,
-                                     val_fraction=s["val_fraction"], progress=bar.update)
+                                     val_fraction=s["val_fraction"], progress=bar.advance)
         splits = {name: {**w.close(), "bytes": counts.bytes[name]} for name, w in writers.items()}
     run.timing["tokenize"] = time.perf_counter() - t0
     for name, entry in splits.items():
@@ -131,8 +148,9 @@ def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
     spool, src_stats, clean_stats = _read_and_clean(run, tmp)
     tok, splits, counts = _tokenize(run, tmp, spool)
     pos = None
-    if run.clean.pos_sample:
-        pos = pos_statistics(stages.spooled_texts(spool), sample=run.clean.pos_sample)
+    if run.taggers is not None:
+        pos = pos_statistics(stages.spooled_texts(spool), sample=run.clean.pos_sample,
+                             taggers=run.taggers)
     (tmp / "spool.jsonl").unlink()
     report = build_report(sources=src_stats, clean=clean_stats.as_dict(), splits=splits,
                           tokens=top_tokens(counts.token_counts, tok), timing=run.timing, pos=pos)
@@ -191,12 +209,27 @@ def _existing(out: Path, settings: dict[str, Any], fp: str,
     if manifest.get("fingerprint") != fp:
         log(f"the inputs of {out} changed; preparing it again")
         return None
+    if _keeps_segmentation(out, manifest):
+        log(f"{out} was prepared with a tokenizer that keeps the spaces segment_chinese "
+            "inserts; preparing it again")
+        return None
     try:
         shards.verify(out)
     except DataError as err:
         log(f"{err.args[0].split(';')[0]}; preparing it again")
         return None
     return manifest
+
+
+def _keeps_segmentation(out: Path, manifest: dict[str, Any]) -> bool:
+    """A dataset prepared with segment_chinese before tokenizers removed the spaces it inserts
+    (and byte counts left them out): the same settings, but not the same dataset."""
+    if not manifest["settings"].get("clean", {}).get("segment_chinese"):
+        return False
+    try:
+        return not load_tokenizer(out / manifest["tokenizer"]["dir"]).segmented
+    except (DataError, KeyError, TypeError):
+        return True  # no readable tokenizer: preparing again makes one
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -222,6 +255,7 @@ def _settings(sources: list[str], *, data: DataConfig, tokenizer: TokenizerConfi
     if not sources:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
     validate_data(data, tokenizer)
+    check_sample(clean)
     # Only bpe learns a vocabulary of a chosen size; char and byte ignore vocab_size, so it
     # must not make an otherwise identical dataset look different. The worker count is not
     # here either: it never changes the result.
@@ -252,10 +286,41 @@ def ensure_dataset(cfg: Config, *, log: Callable[[str], None]) -> None:
             log=log, progress=cfg.train.progress)
 
 
+def _given_tokenizer(path: Path, clean: CleanConfig) -> tuple[Path, TokenizerConfig, str]:
+    """The tokenizer directory `path` names, the config it stands for, and its digest."""
+    directory = find_tokenizer(Path(path))
+    given = load_tokenizer(directory)
+    if given.segmented != clean.segment_chinese:
+        how = "with" if given.segmented else "without"
+        raise DataError(f"the tokenizer at {directory} was trained on text {how} spaces between "
+                        f"Chinese words (clean.segment_chinese); prepare with "
+                        f"--clean.segment_chinese={str(given.segmented).lower()} so that the "
+                        "text is in the form its tokens fit")
+    config = TokenizerConfig(kind=given.kind, vocab_size=given.vocab_size)
+    return directory, config, tokenizer_digest(directory)
+
+
+def _worker_count(data: DataConfig, sources: list[str], options: SourceOptions) -> int:
+    if data.workers:
+        return data.workers
+    if any(map(is_remote, sources)):  # a remote source's size is unknown: assume it is large
+        return default_workers()
+    size = sum(p.stat().st_size for p in source_files(list(sources), options))
+    return 0 if size < _INLINE_BYTES else default_workers()
+
+
+def _needed(clean: CleanConfig) -> Taggers | None:
+    """What the cleaning options need and may lack, checked before anything is read: jieba for
+    segment_chinese; for pos_sample, the taggers, loaded (and returned) once."""
+    if clean.segment_chinese:
+        chinese.jieba()
+    return load_taggers(clean) if clean.pos_sample else None
+
+
 def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
             tokenizer: TokenizerConfig | None = None, clean: CleanConfig | None = None,
             tokenizer_from: Path | None = None, log: Callable[[str], None] = print,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, progress_every_s: float = 10.0) -> dict[str, Any]:
     """Prepare `sources` into the dataset directory `out` and return its manifest.
 
     `data` gives the split, reading and sharding settings (data.path and data.source are
@@ -263,17 +328,15 @@ def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
     cleaning; each defaults to its config's defaults. data.workers=0 uses one worker
     process per CPU core, or none for inputs too small to gain. tokenizer_from (a tokenizer
     directory, a prepared dataset or a run) gives the tokenizer instead of training one, as
-    evaluating or fine-tuning a model on new text needs."""
+    evaluating or fine-tuning a model on new text needs. progress=False says nothing while
+    it works; where stderr is no terminal, progress is a line every `progress_every_s`."""
     t0 = time.perf_counter()
     out = Path(out)
     data, tokenizer, clean = data or DataConfig(), tokenizer or TokenizerConfig(), clean or CleanConfig()
     options = SourceOptions(text_field=data.text_field, split=data.split)
     digest = ""
     if tokenizer_from is not None:
-        tokenizer_from = find_tokenizer(Path(tokenizer_from))
-        given = load_tokenizer(tokenizer_from)
-        tokenizer = TokenizerConfig(kind=given.kind, vocab_size=given.vocab_size)
-        digest = tokenizer_digest(tokenizer_from)
+        tokenizer_from, tokenizer, digest = _given_tokenizer(tokenizer_from, clean)
     settings = _settings(sources, data=data, tokenizer=tokenizer, clean=clean,
                          tokenizer_sha256=digest)
     fp = fingerprint(settings["sources"], options)
@@ -281,19 +344,17 @@ def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
     if reused is not None:
         log(f"reusing prepared dataset at {out}")
         return reused
-    workers = data.workers
-    if workers == 0:
-        local = all(source_files([spec], options) for spec in sources)  # remote sizes are unknown
-        size = sum(p.stat().st_size for p in source_files(list(sources), options))
-        small = local and size < _INLINE_BYTES
-        workers = 0 if small else default_workers()
+    taggers = _needed(clean)
+    workers = _worker_count(data, sources, options)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed run with our pid; ours by name
     tmp.mkdir(parents=True)
     try:
         with WorkerPool(workers) as pool:
             run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
-                       pool=pool, log=log, show_progress=progress, tokenizer_from=tokenizer_from)
+                       pool=pool, log=log, show_progress=progress,
+                       progress_every_s=progress_every_s, tokenizer_from=tokenizer_from,
+                       taggers=taggers)
             manifest = _build(run, tmp, fp)
         try:
             _move_into_place(tmp, out)

@@ -87,6 +87,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     top = ", ".join(repr(t["text"]) for t in report["top_tokens"][:8])
     if top:
         lines.append(f"most frequent tokens: {top}")
+    for tally in report.get("pos", {}).values():  # one tagger's counts each: tag sets differ
+        if tally["tokens"]:
+            tags = ", ".join(f"{tag} {n / tally['tokens']:.0%}"
+                             for tag, n in list(tally["tags"].items())[:6])
+            docs = tally["documents"]
+            lines.append(f"parts of speech ({tally['tagger']}, {docs:,} document"
+                         f"{'s' * (docs != 1)}, {tally['tokens']:,} tokens): {tags}")
     return lines
 
 

@@ -10,7 +10,8 @@ spec gives the same documents with the same ids on every run.
 
 The prepare pipeline takes a spec's input as units (units.py): the bytes of a file, of a
 Reuters member or of a run of JSONL lines, which worker processes parse; `iter_corpus`
-parses them in this process.
+parses them in this process. The units of a local file share out its size on disk, so
+that the progress of reading them reaches the total of the files' sizes exactly.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from pathlib import Path
 from lmforge.data import formats, remote, reuters
 from lmforge.data.document import Document, SourceOptions
 from lmforge.data.formats import SourceStats
-from lmforge.data.units import Unit, document_units
+from lmforge.data.units import Unit, document_units, share_disk
 from lmforge.errors import DataError
 
 __all__ = ["STDLIB", "Document", "SourceStats", "Unit", "check_found", "fingerprint",
-           "iter_corpus", "iter_documents", "iter_units", "source_files"]
+           "is_remote", "iter_corpus", "iter_documents", "iter_units", "source_files"]
 
 STDLIB = "stdlib"
 # Test suites are mostly generated fixtures and would dominate the stdlib corpus; idlelib
@@ -72,6 +73,11 @@ def _remote_kind(spec: str) -> str | None:
     if spec in remote.NAMED_DATASETS and not Path(spec).exists():
         return "named"
     return None
+
+
+def is_remote(spec: str) -> bool:
+    """Whether a spec is read from elsewhere (its size is not known before it is read)."""
+    return _remote_kind(spec) is not None
 
 
 def _iter_remote(kind: str, spec: str, options: SourceOptions) -> Iterator[Document]:
@@ -182,8 +188,12 @@ def _check_split(spec: str, inputs: list[_Input], split: str) -> None:
                         f"holds {other.path.name}. Drop --split to split by document hash")
 
 
-def _tar_units(item: _Input, options: SourceOptions, stats: SourceStats,
-               spec: int) -> Iterator[Unit]:
+# The reading of one local file yields (unit, how far into the file on disk reading had got).
+Read = Iterator[tuple[Unit, int]]
+
+
+def _tar_units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int,
+               disk: int) -> Read:
     reuters.check_split(options.split)
     with formats.open_stream(item.path) as stream:
         members = reuters.members(stream, str(item.path))
@@ -195,36 +205,67 @@ def _tar_units(item: _Input, options: SourceOptions, stats: SourceStats,
                         "reads only the Reuters-21578 archive whole. Unpack it and give "
                         "the directory")
     stats.files_read += 1
-    stats.bytes_read += item.path.stat().st_size
+    stats.bytes_read += disk
+    # The archive is read whole before its members are parsed: each member's share of it
+    # is its share of the unpacked bytes.
+    unpacked, done = sum(len(data) for _, data in members), 0
     for name, data in members:
-        yield Unit(reuters.parse_file, (data, f"{item.path}:{name}", options.split), len(data), spec)
+        done += len(data)
+        payload = (data, f"{item.path}:{name}", options.split)
+        yield Unit(reuters.parse_file, payload, len(data), spec), disk * done // max(unpacked, 1)
 
 
-def _units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int) -> Iterator[Unit]:
+def _parquet_units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int,
+                   disk: int) -> Read:
+    rows, done = formats.parquet_rows(item.path), 0
+    for unit in document_units(formats.iter_parquet(item.path, item.id, options, stats), spec):
+        done += len(unit.payload)
+        yield unit, disk * done // max(rows, 1)
+
+
+def _jsonl_units(item: _Input, options: SourceOptions, spec: int) -> Read:
+    for chunk in formats.jsonl_chunks(item.path):
+        payload = (chunk.data, str(item.path), item.id, chunk.first_line, options.text_field)
+        yield Unit(formats.parse_jsonl, payload, len(chunk.data), spec), chunk.reached
+
+
+def _whole_file_unit(item: _Input, options: SourceOptions, stats: SourceStats,
+                     spec: int) -> Unit | None:
+    """A text or Reuters .sgm file as one unit; None for a binary file a sweep picked up."""
+    if item.kind == "reuters":
+        reuters.check_split(options.split)
+    data = formats.read_bytes(item.path, skip_binary=item.skip_binary and item.kind == "text")
+    if data is None:
+        stats.binary_skipped += 1
+        return None
+    if item.kind == "reuters":
+        return Unit(reuters.parse_file, (data, str(item.path), options.split), len(data), spec)
+    return Unit(formats.parse_text, (data, item.id, str(item.path)), len(data), spec)
+
+
+def _file_units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int,
+                disk: int) -> Read:
     """The units of one local file, read by the kind its name gives: bytes for a worker to
     parse, but for Parquet, whose rows arrive parsed."""
     if item.kind == "tar":
-        yield from _tar_units(item, options, stats, spec)
+        yield from _tar_units(item, options, stats, spec, disk)
         return
     if item.kind == "parquet":
-        yield from document_units(formats.iter_parquet(item.path, item.id, options, stats), spec)
+        yield from _parquet_units(item, options, stats, spec, disk)
     elif item.kind == "jsonl":
-        for chunk, first in formats.jsonl_chunks(item.path):
-            payload = (chunk, str(item.path), item.id, first, options.text_field)
-            yield Unit(formats.parse_jsonl, payload, len(chunk), spec)
+        yield from _jsonl_units(item, options, spec)
     else:
-        if item.kind == "reuters":
-            reuters.check_split(options.split)
-        data = formats.read_bytes(item.path, skip_binary=item.skip_binary and item.kind == "text")
-        if data is None:
-            stats.binary_skipped += 1
+        unit = _whole_file_unit(item, options, stats, spec)
+        if unit is None:
             return
-        if item.kind == "reuters":
-            yield Unit(reuters.parse_file, (data, str(item.path), options.split), len(data), spec)
-        else:
-            yield Unit(formats.parse_text, (data, item.id, str(item.path)), len(data), spec)
+        yield unit, disk
     stats.files_read += 1
-    stats.bytes_read += item.path.stat().st_size
+    stats.bytes_read += disk
+
+
+def _units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int) -> Iterator[Unit]:
+    disk = item.path.stat().st_size
+    yield from share_disk(_file_units(item, options, stats, spec, disk), disk, spec)
 
 
 def _spec_units(specs: list[str], index: int, options: SourceOptions,

@@ -7,21 +7,27 @@ kept lines to a JSONL spool as they came. The tokenizer trains on that spool. Pa
 spool, tokenizes in workers and writes the shards in document order. Sources are read
 once (a URL or a streamed hub dataset is not read twice), cleaning runs once, and memory
 holds only the batches in flight.
+
+Byte counts that bits per byte divide by (the spool's, the splits') are of the text a
+document stands for: with clean.segment_chinese, without the spaces put between words.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lmforge.config import CleanConfig
-from lmforge.data.clean import CleanStats, Deduplicator, clean_document, dedup_key
+from lmforge.data.chinese import desegment, is_inserted_space
+from lmforge.data.clean import CleanStats, clean_document
+from lmforge.data.dedup import DedupKey, Deduplicator, dedup_key
 from lmforge.data.document import TRAIN, VAL, Document
 from lmforge.data.formats import SourceStats
 from lmforge.data.parallel import WorkerPool
@@ -44,24 +50,51 @@ def hash_fraction(doc_id: str) -> float:
 
 # --- pass 1: clean, deduplicate, spool ------------------------------------------------------
 
+def text_bytes(text: str, segmented: bool) -> int:
+    """UTF-8 bytes of the text `text` stands for (without the spaces segmentation put in)."""
+    return nbytes(desegment(text) if segmented else text)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What the main process needs of a document that survived cleaning."""
+
+    id: str
+    key: DedupKey | None  # None without duplicate removal
+    nbytes: int  # UTF-8 bytes as spooled (what the cleaning report counts)
+    text_bytes: int  # ... of the text it stands for (what bits per byte divide by)
+    blank: bool
+    source_split: str | None  # the split its source gave, if any
+    hash: float  # else its place in [0, 1), which decides its split
+    length: int  # bytes of its spool record
+
+    def __reduce__(self) -> tuple[type[Kept], tuple[Any, ...]]:
+        # Every kept document crosses from a worker: by position it pickles and loads twice
+        # as fast as by the slots' default state, about as fast as a plain tuple.
+        return Kept, _kept_fields(self)
+
+
+_kept_fields = operator.attrgetter(*(f.name for f in fields(Kept)))
+
+
 @dataclass
 class Cleaned:
     """What a worker sends back for a batch of units: the spool records of the documents that
     survived cleaning, already serialized, and the little the main process needs of each."""
 
     found: list[tuple[int, int]]  # (spec index, documents parsed) of each unit
-    kept: list[tuple[str, Any, int, bool, str | None, float, int]]
-    # ^ (id, dedup key, UTF-8 bytes, blank, source split, hash fraction, record length)
+    kept: list[Kept]
     records: bytes  # the spool lines of `kept`, in order
     source_stats: SourceStats
     clean_stats: CleanStats
+    disk: int  # on-disk bytes of the sources the units account for (read progress)
 
 
 def clean_units(task: tuple[CleanConfig, float, list[Unit]]) -> Cleaned:
     """Worker: parse units into documents, clean them, compute duplicate keys and spool lines."""
     cfg, val_fraction, units = task
     dedup = cfg.dedup_exact or cfg.dedup_near
-    out = Cleaned([], [], b"", SourceStats(), CleanStats())
+    out = Cleaned([], [], b"", SourceStats(), CleanStats(), sum(u.disk for u in units))
     records = []
     for unit in units:
         docs = unit.documents(out.source_stats)
@@ -79,8 +112,10 @@ def clean_units(task: tuple[CleanConfig, float, list[Unit]]) -> Cleaned:
                 source_split, h = None, hash_fraction(doc.id)
                 split = VAL if h < val_fraction else TRAIN
             record = _record(cleaned, split)
-            out.kept.append((doc.id, key, nbytes(text), text.isspace(), source_split, h,
-                             len(record)))
+            size = nbytes(text)
+            plain = text_bytes(text, True) if cfg.segment_chinese else size
+            out.kept.append(Kept(doc.id, key, size, plain, text.isspace(), source_split, h,
+                                 len(record)))
             records.append(record)
     out.records = b"".join(records)
     return out
@@ -147,20 +182,20 @@ def spool_documents(units: Iterable[Unit], spool: Spool, *, specs: list[str], cf
             for spec, n in batch.found:
                 found[spec] += n
             view = memoryview(batch.records)
-            start = run = done = 0  # the records from `run` to `start` are kept, not yet written
-            for doc_id, key, size, blank, source_split, h, length in batch.kept:
-                done += size
-                if key is not None and dedup.check(doc_id, key, nbytes=size, stats=clean_stats):
+            start = run = 0  # the records from `run` to `start` are kept, not yet written
+            for doc in batch.kept:
+                if doc.key is not None and dedup.check(doc.id, doc.key, nbytes=doc.nbytes,
+                                                       stats=clean_stats):
                     out.write(view[run:start])
-                    run = start + length
+                    run = start + doc.length
                 else:
-                    spool.note(spool.documents, source_split, h)
-                    spool.has_text = spool.has_text or not blank
+                    spool.note(spool.documents, doc.source_split, doc.hash)
+                    spool.has_text = spool.has_text or not doc.blank
                     spool.documents += 1
-                    spool.bytes += size
-                start += length
+                    spool.bytes += doc.text_bytes
+                start += doc.length
             out.write(view[run:start])
-            progress(done)
+            progress(batch.disk)
     for index, n in enumerate(found):
         check_found(specs, index, n)
     spool.balance()
@@ -239,6 +274,7 @@ def encode_range(task: EncodeTask) -> Encoded:
         fh.seek(task.offset)
         records = [_parse_record(line) for line in fh.read(task.length).splitlines()]
     ids_list = tokenizer.encode_batch([text for _, text in records])
+    segmented = tokenizer.segmented
     eot = [tokenizer.eot_id]
     parts: dict[str, list[np.ndarray]] = {TRAIN: [], VAL: []}
     lengths: dict[str, list[int]] = {TRAIN: [], VAL: []}
@@ -248,7 +284,7 @@ def encode_range(task: EncodeTask) -> Encoded:
         parts[split].append(np.asarray(ids, dtype=np.uint32))
         parts[split].append(np.asarray(eot, dtype=np.uint32))
         lengths[split].append(len(ids) + 1)
-        sizes[split] += nbytes(text)
+        sizes[split] += text_bytes(text, segmented)
     ids = {name: np.concatenate(p) if p else np.zeros(0, np.uint32) for name, p in parts.items()}
     counts = np.bincount(np.concatenate(list(ids.values())), minlength=tokenizer.vocab_size)
     # The shard dtype (uint16 for most vocabularies) halves what crosses back to the writer.
@@ -269,6 +305,17 @@ class SplitCounts:
         self.token_counts = counts if self.token_counts is None else self.token_counts + counts
 
 
+def _position_cut(text: str, val_fraction: float, segmented: bool) -> int:
+    """Where one document splits into train and val; never beside a space segmentation
+    inserted, which neither half could then drop, since only a space between two Han
+    characters is one. (A run of one-character words moves the cut a few characters on.)"""
+    cut = int(len(text) * (1 - val_fraction))
+    while segmented and 0 < cut < len(text) and (is_inserted_space(text, cut - 1)
+                                                 or is_inserted_space(text, cut)):
+        cut += 1
+    return cut
+
+
 def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
                  writers: dict[str, ShardWriter], pool: WorkerPool, val_fraction: float,
                  progress: Callable[[int], None]) -> SplitCounts:
@@ -277,13 +324,13 @@ def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
     if spool.by_position:
         # No end-of-text token here, so char-level losses compare with nanoGPT's exactly.
         for _, _, text in spooled(spool):
-            cut = int(len(text) * (1 - val_fraction))
+            cut = _position_cut(text, val_fraction, tokenizer.segmented)
             for split, part in ((TRAIN, text[:cut]), (VAL, text[cut:])):
                 ids = np.asarray(tokenizer.encode(part), dtype=np.uint32)
                 writers[split].append_document(ids)
                 counts.add_tokens(ids, vocab)
-                counts.bytes[split] += nbytes(part)
-            progress(nbytes(text))
+                counts.bytes[split] += text_bytes(part, tokenizer.segmented)
+            progress(text_bytes(text, tokenizer.segmented))
         return counts
     tasks = (EncodeTask(str(spool.path), str(tokenizer_dir), dtype_name(writers[TRAIN].dtype),
                         spool.forced, first, offset, length)

@@ -6,6 +6,10 @@ outside the vocabulary (a model whose output layer is padded past the vocabulary
 sample them) as U+FFFD, and byte sequences that are not valid UTF-8 — a sequence cut in
 the middle of a character — as U+FFFD too; it never raises.
 
+A tokenizer trained on text that clean.segment_chinese spaced into words is `segmented`:
+it removes those spaces when decoding (chinese.desegment), so generated Chinese reads as
+Chinese is written. Its meta says so; text without segmentation decodes as it always did.
+
 A tokenizer lives in a directory: its own file plus `tokenizer_meta.json`, which says
 which kind it is.
 """
@@ -19,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.chinese import desegment
 from lmforge.errors import DataError
 
 META_FILE = "tokenizer_meta.json"
@@ -34,6 +39,7 @@ class Tokenizer(ABC):
     kind: str
     vocab_size: int
     eot_id: int
+    segmented: bool = False  # trained on text with spaces between Chinese words
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -42,15 +48,22 @@ class Tokenizer(ABC):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`; never raises on a sequence that cuts a character in half."""
+        text = self._decode(ids)
+        return desegment(text) if self.segmented else text
+
+    @abstractmethod
+    def _decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids` as the tokens spell it."""
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"kind": self.kind, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
                 **self._extra_meta()}
+        if self.segmented:  # only then, so other tokenizers' files (and digests) stay as they were
+            meta["segment_chinese"] = True
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     def _extra_meta(self) -> dict[str, Any]:
@@ -71,7 +84,7 @@ class ByteTokenizer(Tokenizer):
         # surrogatepass: a lone surrogate (possible in JSON-sourced text) must not crash
         return list(text.encode("utf-8", errors="surrogatepass"))
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def _decode(self, ids: Iterable[int]) -> str:
         out = bytearray()
         for i in ids:
             if 0 <= i < 256:
@@ -101,7 +114,7 @@ class CharTokenizer(Tokenizer):
                             "vocabulary, which comes from the prepared corpus; prepare a "
                             "corpus that contains it or use the byte or bpe tokenizer") from None
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def _decode(self, ids: Iterable[int]) -> str:
         chars, n = self.chars, len(self.chars)
         return "".join(chars[i] if 0 <= i < n else ("" if i == n else _REPLACEMENT)
                        for i in ids)
@@ -130,7 +143,7 @@ class BpeTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._hf.encode_batch(texts)]
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def _decode(self, ids: Iterable[int]) -> str:
         ids = list(ids)
         n = self.vocab_size
         if all(0 <= i < n for i in ids):
@@ -168,11 +181,7 @@ def _train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
     return BpeTokenizer(hf)
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int) -> Tokenizer:
-    """A tokenizer of `kind` fitted to `texts` (char and byte ignore `vocab_size`).
-
-    The byte tokenizer learns nothing and does not consume `texts`.
-    """
+def _fitted(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
     if kind == "bpe":
         return _train_bpe(texts, vocab_size)
     if kind == "char":
@@ -185,6 +194,18 @@ def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int) -> Toke
     raise DataError(f"unknown tokenizer kind '{kind}'; choose one of {', '.join(KINDS)}")
 
 
+def train_tokenizer(kind: str, texts: Iterable[str], *, vocab_size: int,
+                    segmented: bool = False) -> Tokenizer:
+    """A tokenizer of `kind` fitted to `texts` (char and byte ignore `vocab_size`);
+    `segmented`: the texts had spaces put between Chinese words, which decoding removes.
+
+    The byte tokenizer learns nothing and does not consume `texts`.
+    """
+    tok = _fitted(kind, texts, vocab_size)
+    tok.segmented = segmented
+    return tok
+
+
 def load_tokenizer(directory: Path) -> Tokenizer:
     """The tokenizer saved in `directory` by `Tokenizer.save`."""
     directory = Path(directory)
@@ -195,6 +216,12 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(f"no tokenizer at {directory} ({META_FILE} missing or unreadable); "
                         "prepare the dataset again") from None
+    tok = _loaded(kind, meta, directory)
+    tok.segmented = meta.get("segment_chinese") is True
+    return tok
+
+
+def _loaded(kind: str, meta: dict[str, Any], directory: Path) -> Tokenizer:
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
@@ -208,7 +235,8 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             raise DataError(f"no tokenizer at {directory} ({BPE_FILE} missing or unreadable); "
                             "prepare the dataset again") from None
         return BpeTokenizer(hf)
-    raise DataError(f"{meta_path}: unknown tokenizer kind '{kind}'; prepare the dataset again")
+    raise DataError(f"{directory / META_FILE}: unknown tokenizer kind '{kind}'; prepare the "
+                    "dataset again")
 
 
 def tokenizer_digest(directory: Path) -> str:

@@ -91,7 +91,8 @@ class CleanConfig:
     segment_chinese: bool = option(False, "Insert spaces between Chinese words (jieba) before "
                                           "tokenizing, for word-like BPE tokens.")
     pos_sample: int = option(0, "Tag this many documents with NLTK's part-of-speech tagger and "
-                                "report tag frequencies (0: off).")
+                                "report tag frequencies (0: off); with clean.segment_chinese, "
+                                "Chinese documents are tagged by jieba's.")
 
 
 @dataclass
@@ -351,7 +352,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.pos=rope needs an even head size (model.n_embd / model.n_head)")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    validate_data(cfg.data, cfg.tokenizer)
+    validate_data(cfg.data, cfg.tokenizer, cfg.clean)
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if cfg.optim.max_nonfinite < 0:
@@ -359,7 +360,7 @@ def validate(cfg: Config) -> None:
     _validate_ranges(cfg)
 
 
-def validate_data(data: DataConfig, tokenizer: TokenizerConfig) -> None:
+def validate_data(data: DataConfig, tokenizer: TokenizerConfig, clean: CleanConfig) -> None:
     """How a corpus is to be prepared: checked here for `lmforge prepare` and `lmforge train`
     alike, before anything is read."""
     if not 0.0 < data.val_fraction < 1.0:
@@ -368,6 +369,9 @@ def validate_data(data: DataConfig, tokenizer: TokenizerConfig) -> None:
         raise ConfigError(f"data.workers must be 0 (one per core) or more, got {data.workers}")
     if data.shard_tokens < 1:
         raise ConfigError(f"data.shard_tokens must be at least 1, got {data.shard_tokens}")
+    if clean.pos_sample < 0:
+        raise ConfigError(f"clean.pos_sample must be 0 (off) or more, got {clean.pos_sample}; "
+                          "it is the number of documents to tag")
     coerce("tokenizer.kind", tokenizer.kind, from_text=False)
     if tokenizer.kind == "bpe" and tokenizer.vocab_size < 257:
         raise ConfigError(f"tokenizer.vocab_size={tokenizer.vocab_size} is too small for a "

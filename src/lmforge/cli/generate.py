@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stream_one(stream: Iterator[torch.Tensor], *, prompt: str, tokenizer: Tokenizer) -> None:
-    """Print text as it is generated; a character cut between two tokens waits for the next."""
+    """Print text as it is generated. A character cut between two tokens waits for the next,
+    and so does a trailing space of a segmented tokenizer: the next token may show it to be a
+    segmentation space between two Chinese words, which decoding removes."""
     out = sys.stdout
     out.write(prompt)
     ids: list[int] = []
@@ -81,7 +83,7 @@ def _stream_one(stream: Iterator[torch.Tensor], *, prompt: str, tokenizer: Token
             break
         ids.append(token)
         text = tokenizer.decode(ids)
-        if not text.endswith("\ufffd"):
+        if not text.endswith("\ufffd") and not (tokenizer.segmented and text.endswith(" ")):
             out.write(text[shown:])
             out.flush()
             shown = len(text)

@@ -44,7 +44,7 @@ def _config(overrides: dict[str, str]) -> Config:
                 raise LmforgeError(f"prepare takes --clean.* options and "
                                    f"{', '.join(flags.values())}, not --{key}")
             set_value(cfg, key, value)
-        validate_data(cfg.data, cfg.tokenizer)
+        validate_data(cfg.data, cfg.tokenizer, cfg.clean)
     except ConfigError as err:
         message = str(err)
         for key, flag in flags.items():

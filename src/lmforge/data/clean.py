@@ -35,6 +35,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from typing import Literal
 
 from lmforge.config import CleanConfig
 from lmforge.data import chinese
@@ -111,8 +112,8 @@ def _category_points(categories: str, keep: str = "") -> tuple[int, ...]:
 def _category_pattern(categories: str, keep: str) -> re.Pattern[str]:
     ranges = []
     groups = itertools.groupby(enumerate(_category_points(categories, keep)), lambda p: p[1] - p[0])
-    for _, run in groups:
-        run = [cp for _, cp in run]
+    for _, pairs in groups:
+        run = [cp for _, cp in pairs]
         first, last = re.escape(chr(run[0])), re.escape(chr(run[-1]))
         ranges.append(first if len(run) == 1 else f"{first}-{last}")
     return re.compile("[" + "".join(ranges) + "]+")
@@ -139,8 +140,9 @@ def _normalize(text: str, cfg: CleanConfig) -> str:
     # ASCII is invariant under NFC and NFKC, and the quick check avoids a copy.
     if text.isascii():
         return text
-    if not unicodedata.is_normalized(cfg.normalize, text):
-        text = unicodedata.normalize(cfg.normalize, text)
+    form: Literal["NFC", "NFKC"] = "NFKC" if cfg.normalize == "NFKC" else "NFC"
+    if not unicodedata.is_normalized(form, text):
+        text = unicodedata.normalize(form, text)
     if cfg.normalize == "NFC" and cfg.fold_fullwidth:
         folded = text.translate(_FULLWIDTH_ALNUM)
         text = text if folded == text else folded  # unchanged text stays the same object

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from lmforge.data.document import Document, SourceOptions
 from lmforge.errors import DataError
@@ -139,7 +139,7 @@ class _Guarded(io.RawIOBase):
 
     _FAILURES = (EOFError, OSError, zlib.error, lzma.LZMAError)
 
-    def __init__(self, stream: IO[bytes], path: Path) -> None:
+    def __init__(self, stream: IO[bytes] | io.RawIOBase, path: Path) -> None:
         self._stream = stream
         self._path = path
         self.offset = 0
@@ -149,7 +149,7 @@ class _Guarded(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         try:
-            n = self._stream.readinto(buffer)
+            n = self._stream.readinto(buffer)  # type: ignore[union-attr]  # every stream here has it
         except self._FAILURES as err:
             raise DataError(f"{self._path} is truncated or corrupt after {self.offset:,} bytes "
                             f"({type(err).__name__}: {err}); re-download or re-compress it"
@@ -158,16 +158,17 @@ class _Guarded(io.RawIOBase):
         return n or 0
 
 
-def _decompressor(path: Path, fh: IO[bytes]) -> IO[bytes]:
+def _decompressor(path: Path, fh: IO[bytes]) -> IO[bytes] | io.RawIOBase:
+    # Binary file objects all, whatever typeshed calls each one.
     lower = path.name.lower()
     if lower.endswith((".gz", ".tgz")):
-        return gzip.GzipFile(fileobj=fh, mode="rb")
+        return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb"))
     if lower.endswith(".bz2"):
-        return bz2.BZ2File(fh, mode="rb")
+        return cast(IO[bytes], bz2.BZ2File(fh, mode="rb"))
     if lower.endswith(".xz"):
-        return lzma.LZMAFile(fh, mode="rb")
+        return cast(IO[bytes], lzma.LZMAFile(fh, mode="rb"))
     if lower.endswith(".zst"):
-        return _ZstdRaw(fh)  # type: ignore[return-value]
+        return _ZstdRaw(fh)
     return fh
 
 

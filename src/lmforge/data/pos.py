@@ -21,7 +21,7 @@ from typing import Any
 
 from lmforge.config import CleanConfig
 from lmforge.data import chinese
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import DataError
 
 TAGGER = "averaged_perceptron_tagger_eng"
 _TOP = 20  # tags per tagger in the report
@@ -35,12 +35,6 @@ class Taggers:
     english: Any  # nltk.tag.perceptron.PerceptronTagger
     words: Callable[[str], list[str]]
     chinese: Any | None = None  # the jieba.posseg module
-
-
-def check_sample(cfg: CleanConfig) -> None:
-    if cfg.pos_sample < 0:
-        raise ConfigError(f"clean.pos_sample must be 0 (off) or more, got {cfg.pos_sample}; it "
-                          "is the number of documents to tag")
 
 
 def _install_hint() -> str:
@@ -83,7 +77,6 @@ def _english_words() -> Callable[[str], list[str]]:
 def load_taggers(cfg: CleanConfig) -> Taggers:
     """The taggers clean.pos_sample needs, loaded; a one-line DataError that says how to
     install one that is missing or broken."""
-    check_sample(cfg)
     english = _nltk_tagger()
     if not cfg.segment_chinese:
         return Taggers(english, _english_words())

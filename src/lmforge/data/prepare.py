@@ -26,7 +26,7 @@ from lmforge.data import chinese, shards, stages
 from lmforge.data.clean import CleanStats
 from lmforge.data.document import TRAIN, VAL, SourceOptions
 from lmforge.data.parallel import WorkerPool, default_workers
-from lmforge.data.pos import Taggers, check_sample, load_taggers, pos_statistics
+from lmforge.data.pos import Taggers, load_taggers, pos_statistics
 from lmforge.data.report import (
     build_report,
     file_checksums,
@@ -254,8 +254,7 @@ def _settings(sources: list[str], *, data: DataConfig, tokenizer: TokenizerConfi
     same settings (and unchanged inputs) reuses the dataset instead of redoing it."""
     if not sources:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
-    validate_data(data, tokenizer)
-    check_sample(clean)
+    validate_data(data, tokenizer, clean)
     # Only bpe learns a vocabulary of a chosen size; char and byte ignore vocab_size, so it
     # must not make an otherwise identical dataset look different. The worker count is not
     # here either: it never changes the result.

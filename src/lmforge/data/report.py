@@ -55,7 +55,9 @@ def build_report(*, sources: Any, clean: dict[str, dict[str, int]], splits: dict
     total_tokens = sum(s["tokens"] for s in splits.values())
     total_bytes = sum(s["bytes"] for s in splits.values())
     report = {
-        "sources": dataclasses.asdict(sources) if dataclasses.is_dataclass(sources) else sources,
+        "sources": (dataclasses.asdict(sources)
+                    if dataclasses.is_dataclass(sources) and not isinstance(sources, type)
+                    else sources),
         "clean": clean,
         "splits": {k: {"documents": v["documents"], "tokens": v["tokens"], "bytes": v["bytes"]}
                    for k, v in splits.items()},

@@ -127,11 +127,6 @@ def records(run: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def records_by_step(run: Path, kind: str) -> dict[int, dict]:
-    """The metrics.jsonl records of one kind by step (the last one where a step repeats)."""
-    return {r["step"]: r for r in records(run, kind)}
-
-
 def losses(run_dir: Path) -> list[float]:
     """The train losses in the order written: a step logged twice shows twice."""
     return [r["loss"] for r in records(run_dir, "train")]
@@ -148,6 +143,34 @@ def val_losses(run_dir: Path) -> dict[int, float]:
 def rewind(run_dir: Path, step: int) -> None:
     """Make the checkpoint of `step` the latest, as if the run had died right after it."""
     (Path(run_dir) / "checkpoints" / "latest").write_text(f"step_{step:08d}\n")
+
+
+def resumed_at(cfg, step: int):
+    """Train `cfg` to its end, then go back to its checkpoint of `step` as if the run had died
+    right after it: the Trainer that continues from there (its checkpoint.every must save
+    `step`, its checkpoint.keep_last keep it)."""
+    trainer(cfg).fit()
+    rewind(cfg.run.dir, step)
+    return trainer(cfg, resume=True)
+
+
+def assert_meta_build_equals_direct(model_class, cfg, *, seed: int = 5):
+    """A model built on the meta device, then materialized on the CPU and initialized, is the
+    model built directly with the same seed, its tied embedding still tied; both returned."""
+    import torch
+
+    with torch.device("meta"):
+        meta = model_class(cfg)
+    meta.to_empty(device="cpu")
+    torch.manual_seed(seed)
+    meta.init_weights()
+    direct = model_class(cfg)
+    torch.manual_seed(seed)
+    direct.init_weights()
+    assert meta.lm_head.weight is meta.wte.weight
+    for (name, a), (_, b) in zip(meta.state_dict().items(), direct.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    return meta, direct
 
 
 # ---------------------------------------------------------------------------- settings

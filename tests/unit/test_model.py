@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_meta_build_equals_direct
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
@@ -205,18 +206,7 @@ def test_num_params_equals_hand_count():
 
 
 def test_meta_build_then_init_equals_direct_build():
-    cfg = tiny(pos="rope", tie_embeddings=True)
-    with torch.device("meta"):
-        meta = GPT(cfg)
-    meta.to_empty(device="cpu")
-    torch.manual_seed(5)
-    meta.init_weights()
-    direct = GPT(cfg)
-    torch.manual_seed(5)
-    direct.init_weights()
-    assert meta.lm_head.weight is meta.wte.weight
-    for (name, a), (_, b) in zip(meta.state_dict().items(), direct.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    meta, direct = assert_meta_build_equals_direct(GPT, tiny(pos="rope", tie_embeddings=True))
     assert torch.equal(meta.rope_cos, direct.rope_cos) and torch.equal(meta.rope_sin, direct.rope_sin)
 
 

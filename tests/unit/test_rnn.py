@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_meta_build_equals_direct
 from torch import nn
 
 from lmforge.config import ModelConfig
@@ -128,22 +129,22 @@ def test_stateful_generation_equals_recompute(arch):
             seq = torch.cat((seq, step_logits.argmax(dim=-1)[:, None]), dim=1)
 
 
-def test_generate_tokens_within_block_size():
-    model = model64(tiny("lstm", block_size=64))
-    prompt = tokens(2, 5)
+def assert_greedy_generation_is_stateful(*, block_size: int, prompt_len: int) -> None:
+    """generate_tokens at temperature 0 picks what stateful_greedy's logits say, 20 tokens."""
+    model = model64(tiny("lstm", block_size=block_size))
+    prompt = tokens(2, prompt_len)
     got = torch.stack(list(generate_tokens(model, prompt, max_new_tokens=20, temperature=0.0)),
                       dim=1)
     want = torch.stack([step.argmax(dim=-1) for step in stateful_greedy(model, prompt, 20)], dim=1)
     assert torch.equal(got, want)
+
+
+def test_generate_tokens_within_block_size():
+    assert_greedy_generation_is_stateful(block_size=64, prompt_len=5)
 
 
 def test_generate_tokens_past_block_size():
-    model = model64(tiny("lstm", block_size=4))
-    prompt = tokens(2, 6)
-    got = torch.stack(list(generate_tokens(model, prompt, max_new_tokens=20, temperature=0.0)),
-                      dim=1)
-    want = torch.stack([step.argmax(dim=-1) for step in stateful_greedy(model, prompt, 20)], dim=1)
-    assert torch.equal(got, want)
+    assert_greedy_generation_is_stateful(block_size=4, prompt_len=6)
 
 
 # ---------------------------------------------------------------------------- state helpers
@@ -220,18 +221,7 @@ def test_recurrent_init(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_meta_build_then_init_equals_direct_build(arch):
-    cfg = tiny(arch)
-    with torch.device("meta"):
-        meta = RecurrentLM(cfg)
-    meta.to_empty(device="cpu")
-    torch.manual_seed(5)
-    meta.init_weights()
-    direct = RecurrentLM(cfg)
-    torch.manual_seed(5)
-    direct.init_weights()
-    assert meta.lm_head.weight is meta.wte.weight
-    for (name, a), (_, b) in zip(meta.state_dict().items(), direct.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    assert_meta_build_equals_direct(RecurrentLM, tiny(arch))
 
 
 def test_registry_builds_each_cell():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import losses, records, rewind
+from helpers import losses, records, resumed_at
 from helpers import tiny_config as shared_config
 from helpers import trainer as make_trainer
 
@@ -26,10 +26,8 @@ def test_two_identical_runs_are_bit_identical(dataset, tmp_path):
 def test_resume_in_process_continues_the_same_run(dataset, tmp_path):
     make_trainer(tiny_config(dataset, tmp_path / "full")).fit()
     cut = {"checkpoint.every": "13", "checkpoint.keep_last": "9"}
-    make_trainer(tiny_config(dataset, tmp_path / "cut", **cut)).fit()
     # Go back to step 13 as if the run had died there, and continue.
-    rewind(tmp_path / "cut", 13)
-    second = make_trainer(tiny_config(dataset, tmp_path / "cut", **cut), resume=True)
+    second = resumed_at(tiny_config(dataset, tmp_path / "cut", **cut), 13)
     assert second.counters.step == 13
     second.fit()
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")

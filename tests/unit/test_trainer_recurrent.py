@@ -3,7 +3,7 @@ cut from the graph, zeroed where a stream starts again, and saved so that resume
 
 import pytest
 import torch
-from helpers import losses, rewind
+from helpers import losses, resumed_at
 from helpers import tiny_config as shared_config
 from helpers import trainer as make_trainer
 
@@ -66,10 +66,8 @@ def test_resume_across_a_pass_is_bit_identical(dataset, tmp_path):
     extra = {"train.grad_accum": "2", "train.batch_size": "4"}  # two micro-batches of streams
     make_trainer(tiny_config(dataset, tmp_path / "full", **extra)).fit()
     cut = {**extra, "checkpoint.every": "13", "checkpoint.keep_last": "9"}
-    make_trainer(tiny_config(dataset, tmp_path / "cut", **cut)).fit()
     # Go back to step 13 as if the run had died there, and continue past the next pass.
-    rewind(tmp_path / "cut", 13)
-    second = make_trainer(tiny_config(dataset, tmp_path / "cut", **cut), resume=True)
+    second = resumed_at(tiny_config(dataset, tmp_path / "cut", **cut), 13)
     assert second.train_data.step == 13
     second.fit()
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")

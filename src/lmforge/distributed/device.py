@@ -22,16 +22,16 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
         try:
             device = torch.device(name)
         except RuntimeError:  # torch's message lists every backend it knows; keep it to one line
-            raise ConfigError(f"train.device: '{name}' is not a device; use auto, cpu, cuda, "
+            raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda, "
                               "cuda:N or mps") from None
         available: dict[str, Callable[[], bool]] = {
             "cpu": lambda: True, "cuda": torch.cuda.is_available,
             "mps": torch.backends.mps.is_available}
         if device.type not in available or not available[device.type]():
-            raise ConfigError(f"train.device={name}: no such device on this machine; use auto "
+            raise ConfigError(f"train.device={name!r}: no such device on this machine; use auto "
                               "or cpu")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(f"train.device={name}: this machine has "
+            raise ConfigError(f"train.device={name!r}: this machine has "
                               f"{torch.cuda.device_count()} CUDA device(s); use auto or cuda:0")
         return device
     if torch.cuda.is_available():

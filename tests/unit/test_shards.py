@@ -9,7 +9,7 @@ def write_dataset(directory, docs_by_split, vocab_size):
     dtype = shards.dtype_for(vocab_size)
     splits = {}
     for split, docs in docs_by_split.items():
-        with shards.ShardWriter(directory, split, dtype) as writer:
+        with shards.ShardWriter(directory, split, dtype, shard_tokens=1 << 20) as writer:
             for doc in docs:
                 writer.append_document(doc)
             splits[split] = {**writer.close(), "bytes": 0}
@@ -55,7 +55,7 @@ def test_empty_split_reads_as_empty_array(tmp_path):
 
 
 def test_ids_that_do_not_fit_are_refused(tmp_path):
-    with shards.ShardWriter(tmp_path, "train", shards.dtype_for(300)) as writer:
+    with shards.ShardWriter(tmp_path, "train", shards.dtype_for(300), shard_tokens=1 << 20) as writer:
         with pytest.raises(ValueError, match="outside"):
             writer.append([1, 65536])
         with pytest.raises(ValueError, match="outside"):

@@ -57,7 +57,7 @@ class ShardWriter:
     hashing as it goes."""
 
     def __init__(self, directory: Path, split: str, dtype: np.dtype | str, *,
-                 shard_tokens: int = 100_000_000) -> None:
+                 shard_tokens: int) -> None:
         if shard_tokens < 1:
             raise ValueError("shard_tokens must be at least 1")
         self.directory = Path(directory)

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from lmforge.cli.options import add_config_options
+from lmforge.cli.options import add_config_options, add_recipe_argument
 
 HELP = "time training steps of a recipe: tokens/s, MFU, memory"
 USAGE = "lmforge bench [RECIPE] [--steps N] [--warmup N] [--json] [--SECTION.FIELD=VALUE ...]"
@@ -19,7 +19,7 @@ OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
+    add_recipe_argument(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps (default: 20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -30,6 +30,12 @@ def _add(group: argparse._ActionsContainer, flag: str, info: FieldInfo) -> None:
                        default=argparse.SUPPRESS, help=_help(info))
 
 
+def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
+    """The optional RECIPE of the verbs that build a run from one (train, bench, verify-resume)."""
+    parser.add_argument("recipe", nargs="?",
+                        help="TOML recipe or a shipped recipe name (default: default)")
+
+
 def add_config_options(parser: argparse.ArgumentParser,
                        sections: list[str] | None = None) -> None:
     """Every field of `sections` (all by default) as --section.name, grouped by section, so

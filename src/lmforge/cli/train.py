@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmforge.cli.options import add_config_options
+from lmforge.cli.options import add_config_options, add_recipe_argument
 from lmforge.console import log
 from lmforge.errors import LmforgeError
 from lmforge.rundir import RunDir
@@ -20,7 +20,7 @@ OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
+    add_recipe_argument(p)
     p.add_argument("--resume", metavar="RUN", type=Path,
                    help="continue the run in this directory from its latest complete "
                         "checkpoint (a finished run continues if --train.max_steps is raised)")

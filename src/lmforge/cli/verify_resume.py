@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmforge.cli.options import add_config_options
+from lmforge.cli.options import add_config_options, add_recipe_argument
 
 HELP = ("check that a killed and resumed run of a recipe trains exactly as one that never "
         "stopped")
@@ -20,7 +20,7 @@ OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", nargs="?", help="TOML recipe or a shipped recipe name (default: default)")
+    add_recipe_argument(p)
     p.add_argument("--steps", type=int, default=40,
                    help="steps of each run; the kill comes after the checkpoint at half of them "
                         "(default: 40)")

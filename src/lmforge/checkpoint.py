@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import shutil
@@ -41,12 +40,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lmforge.console import log
 from lmforge.distributed.env import SINGLE, DistInfo, barrier, broadcast_object
 from lmforge.errors import CheckpointError
-from lmforge.files import sha256_file
+from lmforge.files import DISK_FULL, sha256_file
 from lmforge.rundir import WEIGHTS_FILE, RunDir, checkpoint_name
 
 STATE_DIR = "state"
+_DAMAGED = "corrupt-"  # a damaged checkpoint set aside: not a step_ name, so never pruned
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 
@@ -109,7 +110,7 @@ def save_checkpoint(run: RunDir, *, step: int, model: nn.Module, optimizer: torc
     Every rank calls it; rank 0 writes all but the DCP shards."""
     name = checkpoint_name(step)
     final, tmp = run.checkpoints / name, run.partial(name)
-    exists = final.is_dir() if info.is_main else False
+    exists = _intact(run, name) if info.is_main else False
     if broadcast_object(exists, info):
         if info.is_main:
             _point(run, name, is_best=is_best, keep_last=keep_last)
@@ -141,9 +142,24 @@ def save_checkpoint(run: RunDir, *, step: int, model: nn.Module, optimizer: torc
         # still names the previous checkpoint, and the user learns what to do in one line.
         if info.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(_save_failed(run, step, tmp, _os_error(err))) from None
+        raise CheckpointError(_save_failed(run, step, tmp, err)) from None
     barrier(info)
     return final
+
+
+def _intact(run: RunDir, name: str) -> bool:
+    """Whether checkpoint `name` exists and passes its checksums; a damaged one in the way of
+    a new save is set aside first."""
+    path = run.checkpoints / name
+    if not path.is_dir():
+        return False
+    try:
+        verify(path)
+        return True
+    except CheckpointError:
+        dest = _set_aside(run, name)
+        log(f"note: {path} was damaged; moved to {dest} (kept) and saved again")
+        return False
 
 
 def _write(tmp: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -163,26 +179,37 @@ def _write(tmp: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
     barrier(info)  # every rank's shards are on disk
 
 
-_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+def _cause(err: BaseException) -> BaseException:
+    """What made a save fail: `err` itself, or the first failure DCP wrapped (an OSError if
+    there is one)."""
+    failures = [f[0] if isinstance(f, tuple) else f
+                for f in getattr(err, "failures", {}).values()]
+    return next((f for f in failures if isinstance(f, OSError)), failures[0] if failures else err)
 
 
-def _os_error(err: BaseException) -> OSError | None:
-    """The OSError behind a failed save: `err` itself, or the first one DCP wrapped."""
-    if isinstance(err, OSError):
-        return err
-    for failure in getattr(err, "failures", {}).values():
-        exc = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(exc, OSError):
-            return exc
-    return None
+def _disk_full(cause: BaseException, where: Path) -> bool:
+    """Whether a failed save ran out of room. An OSError says so by its errno; torch's
+    serializer, writing a shard that came up short, says only "unexpected pos", so a failure
+    on a file system with (nearly) nothing left counts as one too."""
+    if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+        return True
+    try:
+        return shutil.disk_usage(where).free < _ROOM
+    except OSError:
+        return False
 
 
-def _save_failed(run: RunDir, step: int, tmp: Path, err: OSError | None) -> str:
+_ROOM = 1 << 20  # less free space than this after a failed write: the disk was full
+
+
+def _save_failed(run: RunDir, step: int, tmp: Path, err: BaseException) -> str:
     last = run.pointer("latest")
     kept = (f"the last checkpoint ({run.checkpoints / last}) is kept" if last
             else "no checkpoint is saved yet")
-    what = err.strerror if err is not None and err.strerror else str(err or "write failed")
-    if err is not None and err.errno in _DISK_FULL:
+    cause = _cause(err)
+    what = (cause.strerror if isinstance(cause, OSError) and cause.strerror
+            else " ".join(str(cause).split())[:200] or type(cause).__name__)
+    if _disk_full(cause, run.checkpoints):
         return (f"step {step}: checkpoint not saved, {tmp} ran out of disk space or hit the "
                 f"file size limit ({what}); {kept}; free space (or raise the limit) or lower "
                 f"--checkpoint.keep_last, then `lmforge train --resume {run}`")
@@ -230,32 +257,71 @@ def verify(path: Path) -> CheckpointMeta:
 
 
 def find_checkpoint(run: RunDir, which: str = "latest") -> Path:
-    """The checkpoint to load: 'latest', 'best' or a step directory name such as step_00000500."""
+    """The checkpoint to load: 'latest', 'best' or a step directory name such as step_00000500.
+    A damaged `latest` falls back to the newest intact checkpoint, and says so."""
     if not run.path.is_dir():
         raise CheckpointError(f"run directory not found: {run}; give the run.dir of a training run")
     names = run.checkpoint_names()[::-1]  # newest first
     if not names:
         raise CheckpointError(f"{run} has no checkpoint yet; train it first "
                               f"(`lmforge train --run.dir={run}`)")
-    if which in ("latest", "best"):
-        target = run.pointer("best" if which == "best" else "latest")
-        if which == "best" and target is None:
+    if which == "best":
+        target = run.pointer("best")
+        if target is None or target not in names:
             raise CheckpointError(f"{run} has no best checkpoint (checkpoint.keep_best=false, "
                                   "or no evaluation has run yet); use --checkpoint latest")
-        # Newest first, starting from the pointer, so a damaged checkpoint falls back to an older one.
-        order = ([target] if target in names else []) + [n for n in names if n != target]
-    elif which in names:
-        order = [which]
-    else:
+        try:
+            verify(run.checkpoints / target)
+        except CheckpointError as err:
+            raise CheckpointError(f"the best checkpoint is damaged: {err}; use --checkpoint "
+                                  "latest or a step_NNNNNNNN name") from None
+        return run.checkpoints / target
+    if which != "latest" and which not in names:
         raise CheckpointError(f"{run} has no checkpoint '{which}'; it has: latest, "
                               f"{'best, ' if run.pointer('best') else ''}{', '.join(sorted(names))}")
-    for name in order if which != "best" else order[:1]:
+    target = run.pointer("latest") if which == "latest" else which
+    # Newest first, starting from the pointer, so a damaged checkpoint falls back to an older one.
+    order = ([target] if target in names else []) + [n for n in names if n != target]
+    for name in order if which == "latest" else order[:1]:
         try:
             verify(run.checkpoints / name)
-            return run.checkpoints / name
-        except CheckpointError:
+        except CheckpointError as err:
+            if which != "latest":
+                raise
+            log(f"note: {err}; using an older checkpoint")
             continue
+        return run.checkpoints / name
     raise CheckpointError(f"no intact checkpoint in {run.checkpoints}: every one failed its checksum")
+
+
+def set_aside_damaged(run: RunDir, *, resume_from: Path) -> list[tuple[str, Path]]:
+    """Move every damaged checkpoint newer than `resume_from` out of the way, where the run
+    will write its retrained one: renamed corrupt-step_N (kept for inspection, never
+    deleted), pointers that named it dropped, `latest` pointed at `resume_from`. Returns
+    (name, where it went) of each."""
+    moved = []
+    for name in run.checkpoint_names():
+        if name <= resume_from.name:
+            continue
+        try:
+            verify(run.checkpoints / name)
+        except CheckpointError:
+            moved.append((name, _set_aside(run, name)))
+    if moved:
+        run.point("latest", resume_from.name)
+    return moved
+
+
+def _set_aside(run: RunDir, name: str) -> Path:
+    dest, n = run.checkpoints / f"{_DAMAGED}{name}", 1
+    while dest.exists():
+        n += 1
+        dest = run.checkpoints / f"{_DAMAGED}{name}-{n}"
+    os.rename(run.checkpoints / name, dest)
+    for pointer in ("latest", "best"):
+        if run.pointer("latest" if pointer == "latest" else "best") == name:
+            (run.checkpoints / pointer).unlink()
+    return dest
 
 
 def check_model_config(meta: CheckpointMeta, model_config: dict[str, Any], *, path: Path) -> None:

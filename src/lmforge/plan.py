@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from lmforge.distributed.device import compute_dtype, resolve_device
 from lmforge.distributed.env import SINGLE, DistInfo
 from lmforge.distributed.parallelize import resolve_strategy
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.files import DISK_FULL
 from lmforge.interop import init_from
 from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, new_run_dir, read_run_config, write_config
@@ -64,6 +66,7 @@ class RunPlan:
     strategy: str
     resume_from: Path | None = None  # the intact checkpoint to continue from
     resume_step: int = 0  # its step
+    restart: bool = False  # a run that stopped before its first checkpoint, trained again
 
     @property
     def is_main(self) -> bool:
@@ -78,6 +81,7 @@ class _Decision:
     run: RunDir
     resume_from: Path | None = None
     resume_step: int = 0
+    restart: bool = False
 
 
 def local_plan(cfg: Config, run_dir: Path | RunDir, *, resume_from: Path | None = None,
@@ -96,7 +100,8 @@ def _plan(decision: _Decision, info: DistInfo) -> RunPlan:
     return RunPlan(cfg=cfg, run=decision.run, info=info, device=device,
                    compute_dtype=compute_dtype(cfg.train.precision, device),
                    strategy=resolve_strategy(cfg.parallel.strategy, info),
-                   resume_from=decision.resume_from, resume_step=decision.resume_step)
+                   resume_from=decision.resume_from, resume_step=decision.resume_step,
+                   restart=decision.restart)
 
 
 @contextlib.contextmanager
@@ -104,7 +109,7 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
     """The plan of `request` for this process, inside the job's process group when torchrun
     started it (joined here, left on exit). A peer lost while the body runs becomes a
     one-line LmforgeError instead of gloo's or NCCL's RuntimeError."""
-    info = SINGLE
+    info, run = SINGLE, None
     try:
         cfg = _load(request)
         if env.launched_by_torchrun():
@@ -122,13 +127,27 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
         if isinstance(decided, LmforgeError):
             raise decided
         assert decided is not None
+        run = decided.run
         yield _plan(decided, info)
     except RuntimeError as err:  # gloo reports a vanished peer as a plain RuntimeError
         if info.distributed and env.is_peer_failure(err):
             raise LmforgeError(env.lost_peer_message(err, info)) from None
         raise
+    except OSError as err:  # metrics, samples, plots, the config: any write of the run
+        if err.errno not in DISK_FULL:
+            raise
+        raise LmforgeError(_out_of_space(err, run)) from None
     finally:
         env.teardown()
+
+
+def _out_of_space(err: OSError, run: RunDir | None) -> str:
+    what = f"{err.filename} " if err.filename else ""
+    if run is None or not run.has_checkpoint():
+        return (f"out of disk space writing {what}({err.strerror}); no checkpoint was saved; "
+                "free space and train again")
+    return (f"out of disk space writing {what}({err.strerror}); the last checkpoint "
+            f"({run.pointer('latest')}) is kept; free space, then `lmforge train --resume {run}`")
 
 
 def _load(request: TrainRequest) -> Config:
@@ -158,8 +177,9 @@ def _decide(request: TrainRequest, cfg: Config, info: DistInfo) -> _Decision:
             return _resume(RunDir(found), read_run_config(RunDir(found), request.overrides), info)
         if found is not None:  # it failed before its first checkpoint: start it again there
             cfg.run.dir = str(found)
-    return _new_run(cfg, recipe=request.recipe, explicit=request.overrides or {},
-                    restarting=restarting)
+    decision = _new_run(cfg, recipe=request.recipe, explicit=request.overrides or {},
+                        restarting=restarting)
+    return dataclasses.replace(decision, restart=restarting)
 
 
 def _new_run(cfg: Config, *, recipe: str | None, explicit: dict[str, str],
@@ -186,12 +206,25 @@ def _resume(run: RunDir, cfg: Config, info: DistInfo) -> _Decision:
     """Continue `run` from its newest intact checkpoint, after checking that the checkpoint
     fits the config and that the dataset still has the run's tokenizer."""
     checkpoint.clean_partial(run)
+    if not run.checkpoint_names():  # stopped before its first checkpoint (during start-up?)
+        check_tokenizer(cfg, run)
+        write_config(cfg, run)
+        log(f"{run} has no checkpoint yet (it stopped before its first one): training it from "
+            "step 0 with its saved config")
+        return _Decision(cfg, run, restart=True)
     path = checkpoint.find_checkpoint(run, "latest")
+    for name, dest in checkpoint.set_aside_damaged(run, resume_from=path):
+        log(f"moved the damaged {name} aside to {dest} (kept, not deleted); its steps are "
+            f"trained again from {path.name}")
     meta = checkpoint.verify(path)
     checkpoint.check_model_config(meta, asdict(cfg.model), path=path)
     check_tokenizer(cfg, run)
+    saved = read_run_config(run)
+    if Path(saved.data.path).resolve() != Path(cfg.data.path).resolve():
+        log(f"note: {run} continues on {cfg.data.path}, not on the dataset it was trained on "
+            f"({saved.data.path}); both have its tokenizer")
     batch = int(checkpoint.read_trainer_state(path)["loader"]["global_batch"])
-    keep_global_batch(cfg, read_run_config(run), batch, dp_size=info.dp_size)
+    keep_global_batch(cfg, saved, batch, dp_size=info.dp_size)
     write_config(cfg, run)  # the overrides of this resume, for the next one
     return _Decision(cfg, run, resume_from=path, resume_step=meta.step)
 

@@ -25,9 +25,30 @@ class MetricsLog:
             self.tensorboard.write(record)
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a line that is not one (cut short by a crash or a full disk, or
+        damaged) is left out, and said so."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records, damaged = [], []
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            else:
+                damaged.append(number)
+        if damaged:
+            cut = damaged == [len(lines)]
+            log(f"note: {self.path}: " + ("the last line was cut short (a crash or a full "
+                                           "disk?) and is left out" if cut else
+                                           f"{len(damaged)} damaged line(s) left out (line "
+                                           f"{damaged[0]} first)"))
+        return records
 
     def truncate_after(self, step: int) -> None:
         """Forget records past `step`: a resumed run redoes those steps."""
@@ -91,7 +112,7 @@ def plot_losses(records: list[dict[str, Any]], out: Path, *, title: str) -> None
         ax.plot(*zip(*val, strict=True), "o-", label="validation", linewidth=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title(title)
+    ax.set_title(title.replace("$", r"\$"))  # a path is literal text, never mathtext
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -48,9 +48,12 @@ def train_run(plan: RunPlan) -> TrainOutcome:
     del init_state  # the model holds its own copy now
     if plan.resume_from is not None:
         trainer.restore(plan.resume_from)
-    elif plan.is_main:
-        trainer.start_files()
-        write_config(cfg, run)
+    else:
+        if plan.restart:
+            trainer.forget_after(0)
+        if plan.is_main:
+            trainer.start_files()
+            write_config(cfg, run)
     result = trainer.fit()
     outcome = TrainOutcome(exit_code=0, fit=result, params=trainer.raw_model.num_params(),
                            tokens=trainer.counters.tokens)

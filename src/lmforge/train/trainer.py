@@ -139,17 +139,21 @@ class Trainer:
             torch.set_rng_state(rngs[self.info.rank]["torch"])
             if "cuda" in rngs[self.info.rank] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rngs[self.info.rank]["cuda"], self.device)
-        if self.info.is_main:  # forget what the interrupted run did past its checkpoint
-            step = self.counters.step
-            self.metrics.truncate_after(step)
-            self.tb.purge_after(step)
-            for path_ in self.run.all_rank_samples():  # of every rank it had
-                MetricsLog(path_).truncate_after(step - 1)
-            MetricsLog(self.run.eval_samples).truncate_after(step)
-        env.barrier(self.info)
+        self.forget_after(self.counters.step)
         saved_on = state.get("world_size", 1)
         log(f"resumed from {path} at step {self.counters.step}"
             + (f" (saved on {saved_on} processes)" if saved_on != self.info.world_size else ""))
+
+    def forget_after(self, step: int) -> None:
+        """Forget what an interrupted attempt recorded past `step` (0: all of it), since this
+        one does those steps again."""
+        if self.info.is_main:
+            self.metrics.truncate_after(step)
+            self.tb.purge_after(step)
+            for path in self.run.all_rank_samples():  # of every rank it had
+                MetricsLog(path).truncate_after(step - 1)
+            MetricsLog(self.run.eval_samples).truncate_after(step)
+        env.barrier(self.info)
 
     # --- one step ------------------------------------------------------------------------
 

@@ -7,16 +7,20 @@
    run's bit for bit.
 2. Corruption: a byte flipped in the newest checkpoint's weights; the resume must detect it
    and fall back to the previous checkpoint.
-3. Hostile input: binary and invalid UTF-8 corpora, empty files, bad overrides, damaged
-   shards: each must end in exit 0 or in exit 2 with one line, never a traceback ("crash").
+3. Hostile input (benchmarks/hostile.py): every numeric config field at its extremes,
+   damaged and hostile corpora, datasets, run directories, checkpoints and model
+   directories (one with a pickle that would run code), out-of-range arguments, markup
+   names, two writers on one run or dataset, a full disk while training and preparing, a
+   run stopped during start-up. Each must end in exit 0 or in exit 2 with one error line,
+   never a traceback; no user file may be lost, no payload may run.
 4. Checkpoint overhead: the time of one save over the training time between two saves at
    the default interval (checkpoint.every of the default recipe), measured in-process on
    the default recipe's model (4 x 256) over a small character-level corpus.
 
     python benchmarks/faults.py [--kills 3] [--seed 0]
 
-Ends with: RESULT kills=… completed=… steps_lost=… bit_exact=… corrupt_detected=…
-hostile_inputs=… crashes=… checkpoint_overhead=…
+Ends with: RESULT kills=… completed=… steps_lost=… bit_exact=… corrupt_detected=… inputs=…
+one_line_errors=… accepted=… tracebacks=… data_lost=… code_executed=… checkpoint_overhead=…
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+from hostile import hostile_suite
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -112,46 +118,6 @@ def corruption_detected(work: Path) -> bool:
     return proc.returncode == 0 and "step_00000020" in proc.stderr
 
 
-HOSTILE_FILES = {"binary.txt": bytes(range(256)) * 64, "invalid.txt": b"caf\xe9 \xff\xfe ok\n" * 50,
-                 "empty.txt": b"", "nul.txt": b"\x00" * 1000, "long.txt": b"x" * 3_000_000}
-HOSTILE_OVERRIDES = ["--optim.lr=nan", "--optim.beta2=1", "--train.log_every=0",
-                     "--model.n_head=3", "--model.arch=transformer", "--run.seed=-1",
-                     "--train.device=tpu", "--eval.sample_tokens=1e9", "--model.mlp_ratio=-1",
-                     "--train.batch_size=0"]
-
-
-def hostile_inputs(work: Path) -> tuple[int, int]:
-    """(cases tried, crashes): a crash is a traceback, an exit code other than 0 and 2, or an
-    exit 2 without exactly one error line."""
-    tried = crashes = 0
-
-    def judge(proc: subprocess.CompletedProcess) -> None:
-        nonlocal tried, crashes
-        tried += 1
-        errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
-        bad = ("Traceback" in proc.stderr or proc.returncode not in (0, 2)
-               or (proc.returncode == 2 and len(errors) != 1))
-        if bad:
-            crashes += 1
-            print(f"  CRASH: exit {proc.returncode}: {proc.args[3:]}\n{proc.stderr[-500:]}")
-
-    for name, payload in HOSTILE_FILES.items():
-        (work / name).write_bytes(payload)
-        judge(lmforge("prepare", "--data", name, "--tokenizer", "char", "--out", f"h-{name}",
-                      cwd=work, check=False))
-    for override in HOSTILE_OVERRIDES:
-        judge(lmforge("train", *TINY, "--train.max_steps=2", override, "--run.dir=runs/h",
-                      cwd=work, check=False))
-    shard = work / "data" / "train-00000.bin"
-    original = shard.read_bytes()
-    for damaged in (original[: len(original) // 2], original[:-1], b""):
-        shard.write_bytes(damaged)
-        judge(lmforge("train", *TINY, "--train.max_steps=2", "--run.dir=runs/h2", cwd=work,
-                      check=False))
-    shard.write_bytes(original)
-    return tried, crashes
-
-
 def checkpoint_overhead() -> float:
     """One save's time over the training time between two saves, default recipe and model."""
     from lmforge.config import TokenizerConfig, load_config
@@ -204,12 +170,14 @@ def main() -> None:
                   f"last checkpoint {steps_lost}; losses bit-identical to the straight run: {same}")
         corrupt = corruption_detected(work)
         print(f"corrupted checkpoint detected and the previous one used: {corrupt}")
-        tried, crashes = hostile_inputs(work)
-        print(f"hostile inputs: {tried} tried, {crashes} crashes")
+        tally = hostile_suite(work, [*TINY, *MODELS["gpt"]])
+        for failure in tally.failures:
+            print(f"  FAILED: {failure}")
+        print(f"hostile suite: {tally.result()}")
     overhead = checkpoint_overhead()
     print(f"RESULT kills={kills} completed={completed}/{len(MODELS)} steps_lost={lost} "
-          f"bit_exact={exact}/{len(MODELS)} corrupt_detected={int(corrupt)} hostile_inputs={tried} "
-          f"crashes={crashes} checkpoint_overhead={overhead:.4f}")
+          f"bit_exact={exact}/{len(MODELS)} corrupt_detected={int(corrupt)} {tally.result()} "
+          f"checkpoint_overhead={overhead:.4f}")
 
 
 if __name__ == "__main__":

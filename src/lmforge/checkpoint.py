@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lmforge import safe_dcp
 from lmforge.console import log
 from lmforge.distributed.env import SINGLE, DistInfo, barrier, broadcast_object
 from lmforge.errors import CheckpointError
@@ -347,7 +349,16 @@ def load_weights(path: Path, model: nn.Module) -> None:
 def read_trainer_state(path: Path) -> dict[str, Any]:
     """trainer.pt of checkpoint `path` (counters, loader position, RNG states), tensors and
     plain data only (weights_only: loading it runs no code)."""
-    state: dict[str, Any] = torch.load(path / TRAINER_FILE, weights_only=True)
+    try:
+        state = torch.load(path / TRAINER_FILE, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, OSError) as err:
+        first = " ".join(str(err).split())[:160]
+        raise CheckpointError(f"{path / TRAINER_FILE} is damaged or not lmforge's ({first}); "
+                              "it was not loaded; use another checkpoint or start a new run"
+                              ) from None
+    if not isinstance(state, dict) or not {"counters", "loader", "rng"} <= set(state):
+        raise CheckpointError(f"{path / TRAINER_FILE} holds no trainer state; it was not "
+                              "loaded; use another checkpoint or start a new run")
     return state
 
 
@@ -359,8 +370,8 @@ def load_training_state(path: Path, *, model: nn.Module,
         raise CheckpointError(f"{path} was written by an older lmforge (no {STATE_DIR}/); "
                               "it can be evaluated but not resumed; start a new run")
     state = _training_state(model, optimizer)
-    with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(path / STATE_DIR), no_dist=not _in_group())
+    with _quiet_single_process():  # through admitted classes only: a hostile file runs nothing
+        safe_dcp.load(state, path / STATE_DIR, no_dist=not _in_group())
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     return read_trainer_state(path)

@@ -6,6 +6,9 @@ from lmforge.errors import CheckpointError
 from lmforge.rundir import RunDir
 
 
+STATE = {"counters": {"step": 1}, "loader": {"step": 1}, "rng": []}
+
+
 class Tied(torch.nn.Module):
     def __init__(self, width=8):
         super().__init__()
@@ -17,7 +20,8 @@ class Tied(torch.nn.Module):
 def save(run, step, model, *, keep_last=2, is_best=False):
     opt = torch.optim.AdamW(model.parameters())
     return checkpoint.save_checkpoint(RunDir(run), step=step, model=model, optimizer=opt,
-                                      trainer_state={"step": step, "rng": torch.get_rng_state()},
+                                      trainer_state={"counters": {"step": step}, "loader": {},
+                                                     "rng": [torch.get_rng_state()]},
                                       model_config={"width": 8}, keep_last=keep_last, is_best=is_best)
 
 
@@ -95,13 +99,13 @@ def test_training_state_round_trips_through_dcp(tmp_path):
     a.emb.weight.sum().backward()
     opt_a.step()
     path = checkpoint.save_checkpoint(RunDir(tmp_path), step=1, model=a, optimizer=opt_a,
-                                      trainer_state={"step": 1}, model_config={"width": 8},
+                                      trainer_state=STATE, model_config={"width": 8},
                                       keep_last=2)
     assert (path / "state").is_dir() and any(k.startswith("state/") for k in
                                              checkpoint.verify(path).sha256)
     b = Tied()
     opt_b = torch.optim.AdamW(b.parameters(), lr=0.1)
-    assert checkpoint.load_training_state(path, model=b, optimizer=opt_b) == {"step": 1}
+    assert checkpoint.load_training_state(path, model=b, optimizer=opt_b) == STATE
     assert torch.equal(a.emb.weight, b.emb.weight)
     assert b.head.weight is b.emb.weight
     sa, sb = opt_a.state_dict(), opt_b.state_dict()

@@ -5,7 +5,6 @@ from lmforge import checkpoint
 from lmforge.errors import CheckpointError
 from lmforge.rundir import RunDir
 
-
 STATE = {"counters": {"step": 1}, "loader": {"step": 1}, "rng": []}
 
 

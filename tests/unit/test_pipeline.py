@@ -37,8 +37,10 @@ def test_shards_roll_over_and_read_back_as_one_split(tmp_path):
         writer.append_document(tokens[450:])
         entry = writer.close()
     assert [s["tokens"] for s in entry["files"]] == [300, 300, 300, 100]
-    manifest = {"format": shards.FORMAT, "dtype": "uint16", "splits": {"train": entry},
-                "tokenizer": {"dir": "tokenizer"}}
+    manifest = {"format": shards.FORMAT, "dtype": "uint16",
+                "splits": {"train": {**entry, "bytes": 1000}},
+                "tokenizer": {"dir": "tokenizer", "kind": "byte", "vocab_size": 257,
+                              "eot_id": 256}}
     shards.write_manifest(tmp_path, manifest)
     split = shards.open_split(tmp_path, "train")
     assert len(split) == 1000

@@ -141,7 +141,7 @@ def test_out_with_other_files_is_left_alone(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(DataError, match="already holds other files.*choose another --out"):
+    with pytest.raises(DataError, match=r"files lmforge did not write \(thesis.tex\); choose another --out or empty it"):
         prepare([str(tmp_path / "one.txt")], out, tokenizer=TokenizerConfig("char"), log=quiet)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
     assert (out / "thesis.tex").read_text() == "precious"
@@ -231,3 +231,19 @@ def test_stdlib_source_excludes_tests_and_site_packages():
     assert all(p.endswith(".py") for p in paths)
     assert "json/decoder.py" in {d.id for d in docs}
     assert np.sum([len(d.text) for d in docs]) > 5_000_000
+
+
+def test_preparing_again_in_one_process_tokenizes_with_the_new_tokenizer(tmp_path):
+    """The build directory's name is the same for every prepare of one process: the
+    tokenizer cached for it by the first must not tokenize for the second."""
+    corpus = tmp_path / "corpus"
+    texts = make_docs(corpus, 5)
+    out = tmp_path / "ds"
+    prepare([str(corpus)], out, tokenizer=TokenizerConfig("char"), log=quiet)
+    (corpus / "sub0/doc00.txt").write_text("zebra quartz vexing")  # characters new to it
+    os.utime(corpus / "sub0/doc00.txt", ns=(1, 1))
+    texts["sub0/doc00.txt"] = "zebra quartz vexing"
+    prepare([str(corpus)], out, tokenizer=TokenizerConfig("char"), log=quiet)
+    decoded = decode_split(out, "train") + decode_split(out, "val")
+    assert "zebra quartz vexing" in decoded
+    assert len(decoded) == sum(len(t) for t in texts.values())

@@ -3,6 +3,9 @@
 The dataset is built in a hidden sibling directory and renamed into place when complete,
 so a crash never leaves half a dataset behind, and preparing again with the same inputs
 and settings reuses the result instead of redoing it. See stages.py for the two passes.
+One prepare at a time writes a given --out (locks.DirectoryLock); it clears the build
+directories killed runs left, replaces only a directory that holds nothing but a dataset
+lmforge made (shards.foreign_files), and a full disk is one line that leaves --out as it was.
 
 What the options need that may be missing (jieba, NLTK's tagger) is checked before any
 source is read. Each pass shows its progress: a bar on a terminal, elsewhere a line every
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -45,8 +49,11 @@ from lmforge.data.tokenizer import (
     train_tokenizer,
 )
 from lmforge.errors import DataError
+from lmforge.locks import DirectoryLock
 
 TOKENIZER_DIR = "tokenizer"
+# HF tokenizers (Rust) reports a failed write as a plain Exception that ends so.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)\s*$")
 # Below this much input, worker processes cost more to start than they save.
 _INLINE_BYTES = 4 << 20
 
@@ -108,11 +115,31 @@ def _tokenizer(run: _Run, tmp: Path, spool: stages.Spool) -> Tokenizer:
         run.log(f"training a {s['tokenizer']} tokenizer{vocab} on {spool.bytes / 1e6:,.1f} MB ...")
     tok = train_tokenizer(s["tokenizer"], stages.spooled_texts(spool), vocab_size=s["vocab_size"],
                           segmented=run.clean.segment_chinese)
-    tok.save(tmp / TOKENIZER_DIR)
+    _save_tokenizer(tok, tmp / TOKENIZER_DIR)
     run.timing["tokenizer"] = time.perf_counter() - t0
     run.log(f"trained {tok.kind} tokenizer: vocabulary {tok.vocab_size:,} in "
             f"{run.timing['tokenizer']:.1f}s")
     return tok
+
+
+def _save_tokenizer(tok: Tokenizer, directory: Path) -> None:
+    with shards.writing("the tokenizer"):
+        try:
+            tok.save(directory)
+        except Exception as err:
+            found = _RUST_OS_ERROR.search(str(err)) if type(err) is Exception else None
+            if found is None:
+                raise
+            raise OSError(int(found[1]), os.strerror(int(found[1]))) from None
+
+
+def _copy_tokenizer(source: Path, directory: Path) -> None:
+    """The given tokenizer's files, byte for byte: the same ids, the same digest."""
+    with shards.writing("the tokenizer"):
+        directory.mkdir()
+        for path in sorted(source.iterdir()):
+            if path.is_file():
+                shutil.copyfile(path, directory / path.name)
 
 
 def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str, Any], stages.SplitCounts]:
@@ -144,7 +171,7 @@ def _tokenize(run: _Run, tmp: Path, spool: stages.Spool) -> tuple[Any, dict[str,
 
 def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
     if run.tokenizer_from is not None:
-        shutil.copytree(run.tokenizer_from, tmp / TOKENIZER_DIR)  # the same bytes: the same ids
+        _copy_tokenizer(run.tokenizer_from, tmp / TOKENIZER_DIR)
     spool, src_stats, clean_stats = _read_and_clean(run, tmp)
     tok, splits, counts = _tokenize(run, tmp, spool)
     pos = None
@@ -154,10 +181,14 @@ def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
     (tmp / "spool.jsonl").unlink()
     report = build_report(sources=src_stats, clean=clean_stats.as_dict(), splits=splits,
                           tokens=top_tokens(counts.token_counts, tok), timing=run.timing, pos=pos)
-    save_report(tmp, report)
+    with shards.writing(shards.REPORT):
+        save_report(tmp, report)
     for line in summary_lines(report):
         run.log(line)
+    # What else the directory holds, so that preparing again can prove it wrote all of it.
+    contents = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
     manifest = {
+        shards.MARKER: True,
         "format": shards.FORMAT,
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
                       "dir": TOKENIZER_DIR},
@@ -169,6 +200,7 @@ def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
         "sources": run.sources,
         "provenance": {"files": file_checksums(source_files(run.sources, run.options)),
                        "versions": versions()},
+        shards.CONTENTS: contents,
     }
     shards.write_manifest(tmp, manifest)
     return manifest
@@ -184,41 +216,52 @@ def _describe(settings: Any) -> str:
 
 def _existing(out: Path, settings: dict[str, Any], fp: str,
               log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The dataset at `out` if it can be reused; None if `out` may be (re)written; else raises."""
+    """The dataset at `out` if it can be reused; None if `out` may be (re)written: absent,
+    empty, or a dataset lmforge made and nothing else (_check_ours); else raises."""
     if not out.exists():
         return None
-    taken = "; choose another --out or delete it"
     if not out.is_dir():
-        raise DataError(f"{out} is a file, not a dataset directory{taken}")
-    names = set(os.listdir(out))
-    if not names:
+        raise DataError(f"{out} is a file, not a dataset directory; choose another --out or "
+                        "delete it")
+    if not any(out.iterdir()):
         return None
     try:
         manifest = shards.read_manifest(out)
-    except DataError as err:
-        if "another version" in str(err):
-            log(f"{out} was prepared by another version of lmforge; preparing it again")
-            return None
-        raise DataError(f"{out} already holds other files and no lmforge dataset{taken}") from None
+    except DataError as err:  # another version's, damaged, or no dataset at all
+        _check_ours(out)
+        log(f"{err.args[0].split('; ')[0]}; preparing it again")
+        return None
     if manifest.get("settings") != settings:
         raise DataError(f"{out} already holds a different dataset "
-                        f"({_describe(manifest.get('settings'))}){taken}")
-    extra = sorted(names - shards.own_files(manifest))
-    if extra:  # never delete what the user put there
-        raise DataError(f"{out} holds files lmforge did not write ({extra[0]}){taken}")
+                        f"({_describe(manifest.get('settings'))}); choose another --out or "
+                        "delete it")
+    why = _why_again(out, manifest, fp)
+    if why is None:
+        return manifest  # files the user added beside it are no reason to refuse: kept
+    _check_ours(out)
+    log(f"{why}; preparing it again")
+    return None
+
+
+def _why_again(out: Path, manifest: dict[str, Any], fp: str) -> str | None:
+    """Why the dataset at `out`, of the same settings, must be prepared again; None if not."""
     if manifest.get("fingerprint") != fp:
-        log(f"the inputs of {out} changed; preparing it again")
-        return None
+        return f"the inputs of {out} changed"
     if _keeps_segmentation(out, manifest):
-        log(f"{out} was prepared with a tokenizer that keeps the spaces segment_chinese "
-            "inserts; preparing it again")
-        return None
+        return (f"{out} was prepared with a tokenizer that keeps the spaces segment_chinese "
+                "inserts")
     try:
         shards.verify(out)
     except DataError as err:
-        log(f"{err.args[0].split(';')[0]}; preparing it again")
-        return None
-    return manifest
+        return str(err.args[0].split("; ")[0])
+    return None
+
+
+def _check_ours(out: Path) -> None:
+    """Raise unless `out` holds nothing but what lmforge wrote: only that may be replaced."""
+    foreign = shards.foreign_files(out)
+    if foreign:
+        raise stages.not_ours(out, foreign)
 
 
 def _keeps_segmentation(out: Path, manifest: dict[str, Any]) -> bool:
@@ -230,22 +273,6 @@ def _keeps_segmentation(out: Path, manifest: dict[str, Any]) -> bool:
         return not load_tokenizer(out / manifest["tokenizer"]["dir"]).segmented
     except (DataError, KeyError, TypeError):
         return True  # no readable tokenizer: preparing again makes one
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.is_dir() and any(out.iterdir()):  # an older dataset of ours, checked by _existing
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            os.rename(old, out)
-            raise
-        shutil.rmtree(old)
-        return
-    if out.is_dir():
-        out.rmdir()
-    os.rename(tmp, out)
 
 
 def _settings(sources: list[str], *, data: DataConfig, tokenizer: TokenizerConfig,
@@ -331,6 +358,8 @@ def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
     it works; where stderr is no terminal, progress is a line every `progress_every_s`."""
     t0 = time.perf_counter()
     out = Path(out)
+    if out.is_symlink() or out.name in ("", ".."):
+        out = Path(os.path.realpath(out))  # the directory it names (a link stays a link)
     data, tokenizer, clean = data or DataConfig(), tokenizer or TokenizerConfig(), clean or CleanConfig()
     options = SourceOptions(text_field=data.text_field, split=data.split)
     digest = ""
@@ -339,32 +368,37 @@ def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
     settings = _settings(sources, data=data, tokenizer=tokenizer, clean=clean,
                          tokenizer_sha256=digest)
     fp = fingerprint(settings["sources"], options)
-    reused = _existing(out, settings, fp, log)
-    if reused is not None:
-        log(f"reusing prepared dataset at {out}")
-        return reused
-    taggers = _needed(clean)
-    workers = _worker_count(data, sources, options)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed run with our pid; ours by name
-    tmp.mkdir(parents=True)
-    try:
-        with WorkerPool(workers) as pool:
-            run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
-                       pool=pool, log=log, show_progress=progress,
-                       progress_every_s=progress_every_s, tokenizer_from=tokenizer_from,
-                       taggers=taggers)
-            manifest = _build(run, tmp, fp)
-        try:
-            _move_into_place(tmp, out)
-        except OSError:
-            # Another process may have prepared the same dataset meanwhile.
-            reused = _existing(out, settings, fp, log)
-            if reused is None:
-                raise
+    # Held until the dataset is in place: what _existing finds stays so, and no other
+    # prepare builds a dataset for `out` meanwhile.
+    with DirectoryLock(out, what="prepare"):
+        stages.clear_leftovers(out, log)
+        reused = _existing(out, settings, fp, log)
+        if reused is not None:
             log(f"reusing prepared dataset at {out}")
             return reused
+        taggers = _needed(clean)
+        run = _Run(sources=list(sources), settings=settings, options=options, clean=clean,
+                   pool=WorkerPool(_worker_count(data, sources, options)), log=log,
+                   show_progress=progress, progress_every_s=progress_every_s,
+                   tokenizer_from=tokenizer_from, taggers=taggers)
+        manifest = _build_in_place(run, out, fp)
+    log(f"prepared {out} in {time.perf_counter() - t0:.1f}s")
+    return manifest
+
+
+def _build_in_place(run: _Run, out: Path, fp: str) -> dict[str, Any]:
+    """Build the dataset beside `out` and rename it into place; on any failure the build
+    directory goes and `out` is as it was."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        with shards.writing(f"the build directory {tmp.name}"):
+            tmp.mkdir()
+        with run.pool:  # its processes end before the dataset moves
+            manifest = _build(run, tmp, fp)
+        stages.move_into_place(tmp, out)
+    except shards.DiskFull as err:
+        raise DataError(f"{err}; free space and run prepare again; nothing was changed at "
+                        f"{out}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"prepared {out} in {time.perf_counter() - t0:.1f}s")
     return manifest

@@ -1,4 +1,4 @@
-"""The two passes of prepare, and the work they hand to worker processes.
+"""The two passes of prepare, the work they hand to worker processes, and the dataset's place.
 
 Pass 1 reads the sources once, as raw units (units.py); workers parse them, clean the
 documents, compute their duplicate keys and serialize their spool lines; this process
@@ -8,15 +8,23 @@ spool, tokenizes in workers and writes the shards in document order. Sources are
 once (a URL or a streamed hub dataset is not read twice), cleaning runs once, and memory
 holds only the batches in flight.
 
+The finished dataset is renamed into place (move_into_place), replacing an old one only when
+that holds nothing lmforge did not write; what killed runs left beside it goes first
+(clear_leftovers).
+
 Byte counts that bits per byte divide by (the spool's, the splits') are of the text a
 document stands for: with clean.segment_chinese, without the spaces put between words.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import operator
+import os
+import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,9 +39,10 @@ from lmforge.data.dedup import DedupKey, Deduplicator, dedup_key
 from lmforge.data.document import TRAIN, VAL, Document
 from lmforge.data.formats import SourceStats
 from lmforge.data.parallel import WorkerPool
-from lmforge.data.shards import ShardWriter, dtype_name
+from lmforge.data.shards import ShardWriter, dtype_name, foreign_files, writing
 from lmforge.data.sources import check_found
 from lmforge.data.units import BATCH_CHARS, BATCH_DOCS, Unit, batched
+from lmforge.errors import DataError
 
 # Worker-process state: the tokenizer a worker loaded, by directory (loaded once per process).
 _tokenizers: dict[str, Any] = {}
@@ -174,7 +183,7 @@ def spool_documents(units: Iterable[Unit], spool: Spool, *, specs: list[str], cf
     written as they are."""
     dedup = Deduplicator(cfg)
     found = [0] * len(specs)
-    with open(spool.path, "wb") as out:
+    with writing(f"the cleaned text ({spool.path.name})"), open(spool.path, "wb") as out:
         tasks = ((cfg, spool.val_fraction, batch) for batch in batched(units, size=lambda u: u.size))
         for batch in pool.map(clean_units, tasks):
             source_stats.merge(batch.source_stats)
@@ -332,6 +341,9 @@ def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
                 counts.bytes[split] += text_bytes(part, tokenizer.segmented)
             progress(text_bytes(text, tokenizer.segmented))
         return counts
+    # Workers without processes (pool.workers=0) encode here, where the cache may hold the
+    # tokenizer of an earlier prepare in this process, built in a directory of the same name.
+    _tokenizers[str(tokenizer_dir)] = tokenizer
     tasks = (EncodeTask(str(spool.path), str(tokenizer_dir), dtype_name(writers[TRAIN].dtype),
                         spool.forced, first, offset, length)
              for first, offset, length in spool_ranges(spool))
@@ -342,3 +354,78 @@ def write_shards(spool: Spool, *, tokenizer: Any, tokenizer_dir: Path,
         counts.add_counts(batch.token_counts)
         progress(sum(batch.bytes.values()))
     return counts
+
+
+# --- the dataset's place: what killed runs left beside it, moving the new one in ------------
+
+def not_ours(out: Path, foreign: list[str]) -> DataError:
+    """The refusal to replace `out`, naming (on one line) what lmforge did not write there."""
+    names = [name if name.isprintable() else repr(name) for name in foreign[:3]]
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    return DataError(f"{out} already holds files lmforge did not write ({', '.join(names)}"
+                     f"{more}); choose another --out or empty it")
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished dataset `tmp` to `out`. A non-empty `out` was found lmforge's by
+    prepare; it is checked again once moved aside, so nothing put there since is lost."""
+    try:
+        os.rename(tmp, out)  # `out` absent or empty: one step
+        return
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    foreign = foreign_files(old)
+    if foreign:
+        os.rename(old, out)
+        raise not_ours(out, foreign)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a process before this one that had its pid
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def _size(path: Path) -> int:
+    return sum(os.lstat(os.path.join(root, name)).st_size
+               for root, _, files in os.walk(path) for name in files)
+
+
+def clear_leftovers(out: Path, log: Callable[[str], None]) -> None:
+    """Remove what prepare runs into `out` that were killed left beside it: build directories
+    `.NAME.tmp-PID` and replaced datasets `.NAME.old-PID` of processes no longer alive.
+    They are lmforge's by name and place, and with `out` locked no live prepare uses them.
+    An old dataset that is all there is (killed between the renames) is put back instead."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+    removed, freed = [], 0
+    for path in sorted(out.parent.iterdir()):
+        found = pattern.fullmatch(path.name)
+        if not found or path.is_symlink() or not path.is_dir() or _alive(int(found[2])):
+            continue
+        if found[1] == "old" and not out.exists() and not out.is_symlink():
+            os.rename(path, out)
+            log(f"put {out} back from {path.name}, where a killed prepare had moved it")
+            continue
+        size = _size(path)
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path.name)
+            freed += size
+    if removed:
+        log(f"removed {', '.join(removed)} beside {out}, left by killed prepare runs "
+            f"({freed / 1e6:,.1f} MB)")

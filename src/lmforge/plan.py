@@ -40,6 +40,7 @@ from lmforge.distributed.parallelize import resolve_strategy
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.files import DISK_FULL
 from lmforge.interop import init_from
+from lmforge.locks import DirectoryLock
 from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, new_run_dir, read_run_config, write_config
 
@@ -110,6 +111,7 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
     started it (joined here, left on exit). A peer lost while the body runs becomes a
     one-line LmforgeError instead of gloo's or NCCL's RuntimeError."""
     info, run = SINGLE, None
+    held = contextlib.ExitStack()  # rank 0's lock on the run directory, while it trains
     try:
         cfg = _load(request)
         if env.launched_by_torchrun():
@@ -120,7 +122,7 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
         decided: _Decision | LmforgeError | None = None
         if info.is_main:
             try:
-                decided = _decide(request, cfg, info)
+                decided = _decide(request, cfg, info, held)
             except LmforgeError as err:
                 decided = err
         decided = env.broadcast_object(decided, info)  # every rank stops alike on a bad input
@@ -138,6 +140,7 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
             raise
         raise LmforgeError(_out_of_space(err, run)) from None
     finally:
+        held.close()
         env.teardown()
 
 
@@ -162,9 +165,12 @@ def _load(request: TrainRequest) -> Config:
     return read_run_config(RunDir(request.resume), overrides)
 
 
-def _decide(request: TrainRequest, cfg: Config, info: DistInfo) -> _Decision:
-    """Rank 0: the run directory, the resolved config and the resume point."""
+def _decide(request: TrainRequest, cfg: Config, info: DistInfo,
+            held: contextlib.ExitStack) -> _Decision:
+    """Rank 0: the run directory (locked in `held`: one process trains a run at a time), the
+    resolved config and the resume point."""
     if request.resume is not None:
+        held.enter_context(DirectoryLock(request.resume, what="train"))
         return _resume(RunDir(request.resume), cfg, info)
     restarting = env.restart_count() > 0
     warning = elastic.shared_store_warning(dict(os.environ))
@@ -173,20 +179,25 @@ def _decide(request: TrainRequest, cfg: Config, info: DistInfo) -> _Decision:
     if restarting:  # torchrun restarted the group after a failure: continue the run
         found = elastic.find_run(cfg)
         if found is not None and RunDir(found).has_checkpoint():
+            held.enter_context(DirectoryLock(found, what="train"))
             log(f"restart {env.restart_count()}: continuing {found}")
             return _resume(RunDir(found), read_run_config(RunDir(found), request.overrides), info)
         if found is not None:  # it failed before its first checkpoint: start it again there
             cfg.run.dir = str(found)
     decision = _new_run(cfg, recipe=request.recipe, explicit=request.overrides or {},
-                        restarting=restarting)
+                        restarting=restarting, held=held)
     return dataclasses.replace(decision, restart=restarting)
 
 
 def _new_run(cfg: Config, *, recipe: str | None, explicit: dict[str, str],
-             restarting: bool) -> _Decision:
+             restarting: bool, held: contextlib.ExitStack) -> _Decision:
     init_note = init_from.resolve_config(cfg, explicit=explicit) if cfg.run.init_from else ""
-    run = new_run_dir(cfg, recipe_name=recipe_path(recipe or "default").stem,
-                      restarting=restarting)
+    name = recipe_path(recipe or "default").stem
+    run = new_run_dir(cfg, recipe_name=name, restarting=restarting)
+    held.enter_context(DirectoryLock(run.path, what="train"))
+    # another process may have taken the same new directory before the lock: ask again
+    if new_run_dir(cfg, recipe_name=name, restarting=restarting) != run:
+        raise LmforgeError(f"{run} was taken by another run as this one started; start again")
     cfg.run.dir = str(run)
     ensure_dataset(cfg, log=log)
     # Absolute, so that eval and generate find the data from any working directory.

@@ -124,3 +124,24 @@ def test_a_full_disk_while_training_is_one_line_and_the_run_resumes(work, small_
     lmforge("train", *TINY, "--train.max_steps=60", "--checkpoint.keep_last=1",
             f"--run.dir={straight}", cwd=work, threads=1)
     assert train_losses(run) == train_losses(work / straight)
+
+
+def test_a_second_process_on_a_run_that_is_training_is_refused(work):
+    shutil.copytree(work / "runs" / "straight", work / "runs" / "busy")
+    run = work / "runs" / "busy"
+    first = subprocess.Popen(command("train", "--resume", "runs/busy", "--train.max_steps=100000"),
+                             cwd=work, env=environment(1), text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_step(first, run, 31)  # training past where it resumed
+        second = lmforge("train", "--resume", "runs/busy", "--optim.lr=0.1", cwd=work,
+                         check=False)
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
+        assert f"is being written by another lmforge process (pid {first.pid}, train)" \
+            in second.stderr
+        assert "lr = 0.1" not in (run / "config.toml").read_text()  # nothing of it written
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    assert first.returncode == 143  # stopped by the SIGTERM above, saved
+    lmforge("train", "--resume", "runs/busy", "--train.max_steps=40", cwd=work, threads=1)

@@ -4,7 +4,8 @@ A run is described by one `Config`: a tree of small dataclasses whose fields car
 own help text. Recipes in `configs/*.toml` set some fields; `--section.field=value` on the
 command line sets others; everything else keeps the defaults below. Every key and value
 is checked: an unknown key or a wrong type is a `ConfigError` that names the key and
-suggests the nearest valid one.
+suggests the nearest valid one, and a number outside its field's range
+(`config_checks.BOUNDS`) or a model too large to exist is one that names the limit.
 
 This module imports nothing heavy, so `lmforge --help` stays fast.
 """
@@ -13,10 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmforge.config_checks import (
+    BOUNDS,
+    Range,
+    check_near_dedup,
+    check_sizes,
+    check_value,
+    check_windows,
+)
 from lmforge.errors import ConfigError
 from lmforge.recipes import read_toml, recipe_path
 
@@ -245,6 +253,7 @@ class FieldInfo:
     choices: tuple[str, ...] | None
     prepare: str | None  # its option on `lmforge prepare`, for the fields prepare takes
     refused: dict[str, str]  # values lmforge will not take → why
+    bounds: Range | None = None  # the range of a number (config_checks.BOUNDS)
 
 
 def field_infos() -> list[FieldInfo]:
@@ -256,7 +265,8 @@ def field_infos() -> list[FieldInfo]:
         for f in dataclasses.fields(obj):
             infos.append(FieldInfo(f"{section.name}.{f.name}", type(getattr(obj, f.name)),
                                    getattr(obj, f.name), f.metadata["doc"], f.metadata["choices"],
-                                   f.metadata["prepare"], f.metadata["refused"]))
+                                   f.metadata["prepare"], f.metadata["refused"],
+                                   BOUNDS.get(f"{section.name}.{f.name}")))
     return infos
 
 
@@ -289,9 +299,10 @@ def coerce(key: str, value: Any, *, from_text: bool = True) -> Any:
             value = float(value)
         elif not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ValueError
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
         names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
         raise ConfigError(f"{key}: expected {names[want]}, got {value!r}") from None
+    check_value(key, value)  # before anything uses it: its range (and for floats, finite)
     if value in info.refused:
         raise ConfigError(f"{key}={value}: {info.refused[value]}; use "
                           f"{' or '.join(info.choices or ())}")
@@ -333,89 +344,65 @@ def load_config(recipe: str | None, overrides: dict[str, str] | None = None) -> 
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
     validate(cfg)
+    o = cfg.optim  # a new run only: a run trained so is still read (validate) to use it
+    if o.schedule != "constant" and o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr={o.min_lr:g} is above optim.lr={o.lr:g}: the "
+                          f"{o.schedule} schedule would raise the rate as it decays; lower "
+                          "optim.min_lr")
     return cfg
 
 
+def _check_fields(**sections: Any) -> None:
+    """Every number of these sections in its range (a Config built in code skips coerce)."""
+    for name, obj in sections.items():
+        for f in dataclasses.fields(obj):
+            check_value(f"{name}.{f.name}", getattr(obj, f.name))
+
+
 def validate(cfg: Config) -> None:
-    """Combinations that no single field can check."""
+    """Every number in its range, then the combinations that no single field can check,
+    then the sizes: all arithmetic on the config, before anything is built."""
+    data_sections = ("data", "tokenizer", "clean")  # validate_data checks those
+    _check_fields(**{s: getattr(cfg, s) for s in SECTIONS if s not in data_sections})
     m = cfg.model
-    positive = {"model.n_layer": m.n_layer, "model.n_head": m.n_head, "model.n_embd": m.n_embd,
-                "model.block_size": m.block_size, "train.batch_size": cfg.train.batch_size,
-                "train.grad_accum": cfg.train.grad_accum, "train.max_steps": cfg.train.max_steps}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
     if m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; "
                           "pick sizes where it is")
     if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
         raise ConfigError("model.pos=rope needs an even head size (model.n_embd / model.n_head)")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if int(m.n_embd * m.mlp_ratio) < 1:
+        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} gives an MLP of "
+                          f"{m.n_embd * m.mlp_ratio:g} units; use a ratio such as 4 "
+                          "(above 0, at most 1024)")
     validate_data(cfg.data, cfg.tokenizer, cfg.clean)
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
-    if cfg.optim.max_nonfinite < 0:
-        raise ConfigError(f"optim.max_nonfinite must be 0 or more, got {cfg.optim.max_nonfinite}")
-    _validate_ranges(cfg)
+    t, e = cfg.train, cfg.eval
+    eval_batch = e.batch_size or t.batch_size
+    check_windows(batch_size=t.batch_size, grad_accum=t.grad_accum, eval_batches=e.batches,
+                  eval_batch=eval_batch)
+    check_sizes(m, vocab=model_vocab(cfg), train_batch=t.batch_size, eval_batch=eval_batch,
+                samples=max(e.samples, e.samples_at_eval))
+
+
+def model_vocab(cfg: Config) -> int:
+    """model.vocab_size, or until the dataset's tokenizer sets it (0), what the tokenizer
+    will have: tokenizer.vocab_size for bpe, 257 for bytes (and as a guess for characters)."""
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    return cfg.tokenizer.vocab_size if cfg.tokenizer.kind == "bpe" else 257
 
 
 def validate_data(data: DataConfig, tokenizer: TokenizerConfig, clean: CleanConfig) -> None:
     """How a corpus is to be prepared: checked here for `lmforge prepare` and `lmforge train`
     alike, before anything is read."""
-    if not 0.0 < data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {data.val_fraction}")
-    if data.workers < 0:
-        raise ConfigError(f"data.workers must be 0 (one per core) or more, got {data.workers}")
-    if data.shard_tokens < 1:
-        raise ConfigError(f"data.shard_tokens must be at least 1, got {data.shard_tokens}")
-    if clean.pos_sample < 0:
-        raise ConfigError(f"clean.pos_sample must be 0 (off) or more, got {clean.pos_sample}; "
-                          "it is the number of documents to tag")
+    _check_fields(data=data, tokenizer=tokenizer, clean=clean)
     coerce("tokenizer.kind", tokenizer.kind, from_text=False)
     if tokenizer.kind == "bpe" and tokenizer.vocab_size < 257:
         raise ConfigError(f"tokenizer.vocab_size={tokenizer.vocab_size} is too small for a "
                           "byte-level BPE tokenizer (it needs at least 257: the 256 bytes and "
                           "end-of-text); raise it")
-
-
-# Bounds that torch, numpy or the training loop would otherwise reject with a traceback
-# (a NaN learning rate, a beta of 1, a zero log interval, a seed beyond 64 bits, ...).
-_MAX_SEED = 2**62
-_MAX_THREADS = 4096
-
-
-def _validate_ranges(cfg: Config) -> None:
-    o, m, t = cfg.optim, cfg.model, cfg.train
-    finite = {"optim.lr": o.lr, "optim.min_lr": o.min_lr, "optim.weight_decay": o.weight_decay,
-              "optim.eps": o.eps, "optim.grad_clip": o.grad_clip, "model.mlp_ratio": m.mlp_ratio,
-              "model.rope_theta": m.rope_theta, "train.max_minutes": t.max_minutes}
-    for key, value in finite.items():
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value}")
-    for key, value in {"optim.beta1": o.beta1, "optim.beta2": o.beta2}.items():
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {value}")
-    nonnegative = {"optim.min_lr": o.min_lr, "optim.weight_decay": o.weight_decay,
-                   "optim.eps": o.eps, "optim.warmup_steps": o.warmup_steps,
-                   "optim.decay_steps": o.decay_steps, "train.threads": t.threads}
-    for key, value in nonnegative.items():
-        if value < 0:
-            raise ConfigError(f"{key} must be 0 or more, got {value}")
-    if not 0 < m.mlp_ratio <= 1024 or int(m.n_embd * m.mlp_ratio) < 1:
-        raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} gives an MLP of "
-                          f"{m.n_embd * m.mlp_ratio:g} units; use a ratio such as 4 "
-                          "(above 0, at most 1024)")
-    if t.log_every < 1:
-        raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
-    if not 0 <= cfg.run.seed <= _MAX_SEED:
-        raise ConfigError(f"run.seed must be between 0 and 2**62, got {cfg.run.seed}")
-    e = cfg.eval
-    for key, value, most in (("eval.samples", e.samples, 1000),
-                             ("eval.samples_at_eval", e.samples_at_eval, 1000),
-                             ("eval.sample_tokens", e.sample_tokens, 1_000_000)):
-        if not 0 <= value <= most:  # past these, sampling would run for days
-            raise ConfigError(f"{key} must be between 0 and {most:,}, got {value}")
-    if t.threads > _MAX_THREADS:
-        raise ConfigError(f"train.threads must be at most {_MAX_THREADS} (0: one per core), "
-                          f"got {t.threads}")
+    if clean.max_chars and clean.max_chars < clean.min_chars:
+        raise ConfigError(f"clean.max_chars={clean.max_chars} is below clean.min_chars="
+                          f"{clean.min_chars}: every document would be dropped; raise "
+                          "clean.max_chars (0: no bound)")
+    if clean.dedup_near:
+        check_near_dedup(clean.near_threshold, clean.near_num_perm)

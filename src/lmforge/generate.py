@@ -18,19 +18,36 @@ Recurrent models (`model.recurrent`) are never cropped: their state carries the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import re
+import resource
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lmforge.config import ModelConfig
+from lmforge.config_checks import FLOAT, MIN_TEMPERATURE, model_params, sampling_bytes
 from lmforge.errors import LmforgeError
 
 
+def sampling_problem(*, temperature: float, top_k: int, top_p: float) -> str | None:
+    """What is wrong with these sampling settings, or None: temperature 0 (greedy) or a finite
+    number of at least MIN_TEMPERATURE, top_k >= 0, top_p in [0, 1] (NaN is none of these)."""
+    if not math.isfinite(temperature) or not (temperature == 0 or temperature >= MIN_TEMPERATURE):
+        return f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}"
+    if top_k < 0 or not 0.0 <= top_p <= 1.0:
+        return "top_k must be >= 0 and top_p between 0 and 1"
+    return None
+
+
 def _check_sampling(*, temperature: float, top_k: int, top_p: float) -> None:
-    if temperature < 0 or top_k < 0 or not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"need temperature >= 0, top_k >= 0 and 0 <= top_p <= 1; got "
-                         f"temperature={temperature}, top_k={top_k}, top_p={top_p}")
+    problem = sampling_problem(temperature=temperature, top_k=top_k, top_p=top_p)
+    if problem:
+        raise ValueError(f"{problem}; got temperature={temperature}, top_k={top_k}, "
+                         f"top_p={top_p}")
 
 
 def sample_next(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
@@ -118,3 +135,60 @@ def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache:
             yield token
     finally:
         model.train(was_training)
+
+
+# ---------------------------------------------------------------------------- memory
+
+def generation_bytes(m: ModelConfig, *, samples: int, prompt_tokens: int,
+                     new_tokens: int) -> int:
+    """About what generating `samples` samples at once needs, computed from the model's
+    config before it is built: its float32 weights, the KV cache (or hidden state) and the
+    logits of a forward pass, the prompt repeated per sample (a Transformer's cropped to
+    block_size) and, for several samples, the tokens collected as Python ints (~40 bytes)."""
+    recurrent = m.arch != "gpt"
+    prompt = prompt_tokens if recurrent else min(prompt_tokens, m.block_size)
+    collected = 40 * samples * new_tokens if samples > 1 else 0
+    return (FLOAT * model_params(m) + sampling_bytes(m, m.vocab_size, samples, prompt)
+            + 8 * samples * prompt + collected)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def host_available_memory() -> int | None:
+    """Bytes this process can still allocate on the host, or None where that is unknown
+    (no /proc): the least of the memory the kernel reports available, the address space
+    RLIMIT_AS leaves it and the headroom of its cgroup."""
+    limits = []
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", _read("/proc/meminfo"), re.M)
+    if found:
+        limits.append(int(found.group(1)) * 1024)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        used = re.search(r"^VmSize:\s+(\d+) kB", _read("/proc/self/status"), re.M)
+        limits.append(soft - (int(used.group(1)) * 1024 if used else 0))
+    cap, now = (_read(f"/sys/fs/cgroup/memory.{n}").strip() for n in ("max", "current"))
+    if cap.isdigit() and now.isdigit():
+        limits.append(int(cap) - int(now))
+    return max(0, min(limits)) if limits else None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (a GPU's free memory; the host's for
+    the CPU and Apple's unified memory), or None where that is unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return host_available_memory()
+
+
+def most_that_fit(need: Callable[[int], int], free: int, most: int) -> int:
+    """The largest n in 0..most with need(n) <= free, for a `need` that grows with n."""
+    low, high = 0, most
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if need(mid) <= free else (low, mid - 1)
+    return low

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lmforge import checkpoint
-from lmforge.config import Config, load_config
+from lmforge.config import Config, load_config, validate
 from lmforge.console import log
 from lmforge.data import shards
 from lmforge.data.prepare import ensure_dataset
@@ -273,6 +273,7 @@ def fit_vocab(cfg: Config) -> None:
     data_vocab = int(manifest["tokenizer"]["vocab_size"])
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data_vocab
+        validate(cfg)  # the sizes again, with the vocabulary the config could only guess
     elif cfg.model.vocab_size < data_vocab:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the "
                           f"dataset's tokenizer ({data_vocab}); set it to 0 to take the tokenizer's")

@@ -1,3 +1,4 @@
+import re
 import tomllib
 
 import pytest
@@ -79,9 +80,22 @@ def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
                             "checkpoint", "parallel"}
 
 
-@pytest.mark.parametrize("key, value", [("eval.sample_tokens", "10000000"),
-                                        ("eval.samples_at_eval", "100000"),
-                                        ("eval.samples", "-1")])
-def test_sampling_sizes_are_bounded(key, value):
-    with pytest.raises(ConfigError, match=f"{key} must be between 0 and"):
+@pytest.mark.parametrize("key, value, message", [
+    ("eval.sample_tokens", "10000000", "must be between 0 and 1,000,000"),
+    ("eval.samples_at_eval", "100000", "must be between 0 and 1,000"),
+    ("eval.samples", "-1", "must be 0 or more, got -1")])
+def test_sampling_sizes_are_bounded(key, value, message):
+    with pytest.raises(ConfigError, match=f"{key} {message}"):
         load_config("default", {key: value})
+
+
+@pytest.mark.parametrize("args, message", [
+    ([f"--model.n_layer={2**63}"], "model.n_layer must be between 1 and 1,024"),
+    (["--eval.batch_size=-1"], "eval.batch_size must be 0 (train.batch_size) or more"),
+    (["--model.rope_theta=0"], "model.rope_theta must be in (1, 1e+12]"),
+    (["--clean.near_threshold=nan"], "clean.near_threshold must be a finite number"),
+])
+def test_out_of_range_overrides_fail_when_parsed(args, message):
+    """Before any recipe is read: the CLI checks each override as it parses it."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_overrides(args)

@@ -194,3 +194,87 @@ def test_model_without_state_is_recomputed():
     prompt = torch.randint(0, 13, (2, 10), generator=seeded(4))
     plain = run(Stateless(gpt), prompt, max_new_tokens=20, generator=seeded())
     assert torch.equal(plain, run(gpt, prompt, max_new_tokens=20, generator=seeded()))
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+@pytest.mark.parametrize("settings", [
+    {"temperature": float("nan")}, {"temperature": float("inf")}, {"temperature": -float("inf")},
+    {"temperature": 1e-320}, {"temperature": 1e-9}, {"top_p": float("nan")},
+])
+def test_sampling_settings_are_checked_as_inputs(settings):
+    """A NaN or infinite temperature, or one so small that the logits divided by it overflow,
+    is the caller's input, not a model with weights that are not finite."""
+    kwargs = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **settings}
+    with pytest.raises(ValueError, match="temperature|top_p"):
+        sample_next(torch.randn(2, 13, generator=seeded(0)), generator=seeded(), **kwargs)
+    with pytest.raises(ValueError, match="temperature|top_p"):
+        generate_tokens(model64(), torch.zeros(1, 1, dtype=torch.long), max_new_tokens=3, **kwargs)
+
+
+def test_the_smallest_temperature_samples_all_but_greedily():
+    logits = torch.randn(6, 50, generator=seeded(0)) * 1e3
+    got = sample_next(logits, temperature=1e-6, top_k=0, top_p=1.0, generator=seeded())
+    assert torch.equal(got, logits.argmax(dim=-1))
+
+
+def cli_error(capsys, *argv) -> str:
+    """`lmforge generate ARGV` in this process: exit 2 and one line; that line."""
+    from lmforge.cli.main import main
+
+    capsys.readouterr()
+    assert main(["generate", *map(str, argv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lmforge generate: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-samples", "100000000"], "--num-samples must be at most 10,000, got 100000000"),
+    (["--max-new-tokens", "1000000000000"], "--max-new-tokens must be at most 1,000,000"),
+    (["--seed", "-1"], "--seed must be between 0 and 2**64 - 1"),
+    (["--seed", str(2**64)], "--seed must be between 0 and 2**64 - 1"),
+    (["--temperature", "nan"], "--temperature must be a finite number, got nan"),
+    (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
+    (["--top-p", "nan"], "--top-p must be a finite number, got nan"),
+    (["--temperature", "1e-320"], "use 0 for greedy decoding or at least 1e-06"),
+    (["--num-samples", "0"], "--max-new-tokens and --num-samples must be at least 1"),
+])
+def test_generate_checks_its_numbers_before_reading_the_run(tmp_path, capsys, args, message):
+    # the run does not exist: the error names the number, so it came first
+    assert message in cli_error(capsys, tmp_path / "no-run", *args)
+
+
+def run_config(path, **model) -> None:
+    """A run directory holding only the resolved config of a run with this model."""
+    from lmforge.config import load_config
+    from lmforge.rundir import RunDir, write_config
+
+    cfg = load_config("default", {**{f"model.{k}": str(v) for k, v in model.items()},
+                                  "train.batch_size": "1", "eval.samples": "1"})
+    write_config(cfg, RunDir(path))
+
+
+def test_the_samples_must_fit_free_memory_before_the_model_is_built(tmp_path, capsys,
+                                                                    monkeypatch):
+    import lmforge.generate
+
+    run_config(tmp_path, n_layer=2, n_embd=64, block_size=1024, vocab_size=300)
+    monkeypatch.setattr(lmforge.generate, "available_memory", lambda device: 10**9)
+    err = cli_error(capsys, tmp_path, "--num-samples", "10000", "--device", "cpu")
+    assert "--num-samples 10000 with --max-new-tokens 200 need about" in err
+    assert "1 GB is free; lower --num-samples (about " in err  # not: the checkpoint is missing
+
+
+def test_a_model_larger_than_this_machine_is_refused_before_it_is_built(tmp_path, capsys):
+    from lmforge.config_checks import model_params
+    from lmforge.generate import available_memory
+
+    free = available_memory(torch.device("cpu"))
+    cfg = ModelConfig(n_layer=96, n_head=96, n_embd=12288, block_size=8192, vocab_size=50304)
+    if free is None or free > 4 * model_params(cfg):
+        pytest.skip("this machine's free memory is unknown or holds the model")
+    run_config(tmp_path, n_layer=96, n_head=96, n_embd=12288, block_size=8192,
+               vocab_size=50304)
+    err = cli_error(capsys, tmp_path, "--device", "cpu")
+    assert "even one sample does not fit" in err

@@ -107,7 +107,10 @@ def test_minutes_bound_stops_the_run(dataset, tmp_path):
 def test_a_model_too_large_for_memory_is_one_clear_error(dataset, tmp_path):
     from lmforge.errors import ConfigError
 
-    cfg = tiny_config(dataset, tmp_path / "huge", **{"model.n_embd": "1048576", "model.n_head": "1",
-                                                      "model.n_layer": "64"})
-    with pytest.raises(ConfigError, match="does not fit in memory"):
-        make_trainer(cfg)
+    # 4 x 10^11 weights: within what a config may ask for, far beyond this machine's memory
+    cfg = tiny_config(dataset, tmp_path / "huge", **{"model.n_embd": "65536", "model.n_head": "1",
+                                                      "model.n_layer": "8"})
+    with pytest.raises(ConfigError, match="does not fit in memory on cpu: .* need about 6.6"):
+        make_trainer(cfg)  # refused before allocating (else the test would take the machine)
+    with pytest.raises(ConfigError, match="model.n_embd must be between 1 and 65,536"):
+        tiny_config(dataset, tmp_path / "huge", **{"model.n_embd": "1048576"})

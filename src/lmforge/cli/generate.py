@@ -3,53 +3,116 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmforge.config_checks import MIN_TEMPERATURE, human_bytes
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
     import torch
 
+    from lmforge.config import ModelConfig
     from lmforge.data.tokenizer import Tokenizer
 
 HELP = "sample text from a trained run"
 OVERRIDES = False
 
+MAX_NEW_TOKENS = 1_000_000  # as eval.sample_tokens: past that, sampling would run for days
+MAX_SAMPLES = 10_000  # printed one after another; generated together, in one batch
+MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
+    p.add_argument("--max-new-tokens", type=int, default=200,
+                   help=f"tokens to generate (default: 200, at most {MAX_NEW_TOKENS:,})")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help=f"0 is greedy, else at least {MIN_TEMPERATURE:g} (default: 0.8)")
     p.add_argument("--top-k", type=int, default=50,
                    help="sample among the k likeliest tokens; 0 is off (default: 50)")
     p.add_argument("--top-p", type=float, default=1.0,
                    help="nucleus sampling mass; 1 is off (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for reproducible samples (0 to 2**64 - 1)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help=f"independent samples, drawn as one batch (default: 1, at most "
+                        f"{MAX_SAMPLES:,})")
     p.add_argument("--checkpoint", default="latest",
                    help="latest (default), best (when the run kept one) or a step_NNNNNNNN name")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, … (default: auto)")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number given, in its range, before anything is read or built."""
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise LmforgeError("--max-new-tokens and --num-samples must be at least 1")
+    for flag, value, most, why in (
+            ("--max-new-tokens", args.max_new_tokens, MAX_NEW_TOKENS,
+             "past that, sampling would run for days"),
+            ("--num-samples", args.num_samples, MAX_SAMPLES,
+             "they are generated as one batch; for more, run generate again with another "
+             "--seed")):
+        if value > most:
+            raise LmforgeError(f"{flag} must be at most {most:,}, got {value} ({why})")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise LmforgeError(f"--seed must be between 0 and 2**64 - 1 (torch's generators take "
+                           f"64-bit seeds), got {args.seed}")
+    for flag, number in (("--temperature", args.temperature), ("--top-p", args.top_p)):
+        if not math.isfinite(number):
+            raise LmforgeError(f"{flag} must be a finite number, got {number}")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise LmforgeError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+    if 0 < args.temperature < MIN_TEMPERATURE:
+        raise LmforgeError(f"--temperature {args.temperature:g} is too small to divide the "
+                           f"logits by; use 0 for greedy decoding or at least {MIN_TEMPERATURE:g}")
+
+
+def check_memory(args: argparse.Namespace, model: ModelConfig, device: torch.device) -> None:
+    """The samples must fit the device's free memory, judged from the run's config before
+    its model is built: one batch of --num-samples needs a KV cache (or hidden state) each."""
+    from lmforge.generate import available_memory, generation_bytes, most_that_fit
+
+    free = available_memory(device)
+    if free is None:
+        return
+    prompt = 2 * len(args.prompt.encode("utf-8", "surrogatepass")) + 1  # tokens, at most
+
+    def need(samples: int) -> int:
+        return generation_bytes(model, samples=samples, prompt_tokens=prompt,
+                                new_tokens=args.max_new_tokens)
+
+    if need(args.num_samples) <= free:
+        return
+    fit = most_that_fit(need, free, args.num_samples)
+    fix = (f"lower --num-samples (about {fit:,} fit)" if fit else
+           "even one sample does not fit: use another --device or a shorter --prompt")
+    raise LmforgeError(f"--num-samples {args.num_samples} with --max-new-tokens "
+                       f"{args.max_new_tokens} need about {human_bytes(need(args.num_samples))} "
+                       f"on {device} (weights, KV cache, logits and the tokens drawn) and "
+                       f"{human_bytes(free)} is free; {fix}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     import torch
 
     from lmforge.distributed.device import resolve_device
     from lmforge.generate import generate_tokens
+    from lmforge.rundir import RunDir, read_run_config
     from lmforge.runs.load import load_run
 
     device = resolve_device(args.device)
+    check_memory(args, read_run_config(RunDir(args.run)).model, device)
     loaded = load_run(args.run, which=args.checkpoint, device=str(device))
     tok = loaded.tokenizer
     prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+    if not getattr(loaded.model, "recurrent", False):  # generate_tokens would crop it as well
+        prompt_ids = prompt_ids[-loaded.cfg.model.block_size:]
     prompt = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed) if args.seed is not None else gen.seed()

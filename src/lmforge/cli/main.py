@@ -3,7 +3,8 @@ becomes one line on stderr and exit code 2.
 
 Each verb is a module of this package with HELP (its line in `lmforge --help`), optional
 USAGE and DESCRIPTION, OVERRIDES (whether it takes `--section.field=value` config
-overrides), `add_arguments(parser)` and `run(args) -> int`. A verb module imports nothing
+overrides), optional NAMES (config key → the option the verb gives that field, so that its
+errors say what the user typed), `add_arguments(parser)` and `run(args) -> int`. A verb module imports nothing
 heavy at the top, so `lmforge --help` is instant; torch and the rest load when it runs.
 Adding a verb is one module and one line in VERBS.
 """
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.argv = argv  # the command as given, for a verb that hands it on (train --nproc)
     try:
-        args.overrides = collect_overrides(args, rest) if verb.OVERRIDES else {}
+        names = getattr(verb, "NAMES", None)
+        args.overrides = collect_overrides(args, rest, names=names) if verb.OVERRIDES else {}
         return int(verb.run(args))
     except LmforgeError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once

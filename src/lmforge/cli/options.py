@@ -5,6 +5,8 @@ field's own documentation and default, so an option and its check exist once."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import NoReturn
 
 from lmforge.config import SECTIONS, FieldInfo, coerce, field_infos
@@ -62,14 +64,29 @@ def prepare_flags() -> dict[str, str]:
     return {info.key: info.prepare for info in field_infos() if info.prepare}
 
 
-def collect_overrides(args: argparse.Namespace, rest: list[str]) -> dict[str, str]:
+def collect_overrides(args: argparse.Namespace, rest: list[str], *,
+                      names: dict[str, str] | None = None) -> dict[str, str]:
     """The config fields set on the command line: those argparse knows (checked now, before
     anything heavy is imported) and the unknown --x.y=z that parse_overrides reports with
-    the nearest valid key."""
-    known = {k: v for k, v in vars(args).items() if "." in k}
-    for key, value in known.items():
-        coerce(key, value)
-    return {**known, **parse_overrides(rest)}
+    the nearest valid key. `names`: the options a verb gives some fields (prepare's
+    --vocab-size for tokenizer.vocab_size), by which its errors name them."""
+    with named_as_typed(names or {}):
+        known = {k: v for k, v in vars(args).items() if "." in k}
+        for key, value in known.items():
+            coerce(key, value)
+        return {**known, **parse_overrides(rest)}
+
+
+@contextlib.contextmanager
+def named_as_typed(names: dict[str, str]) -> Iterator[None]:
+    """A ConfigError raised inside names each field as the option the user typed."""
+    try:
+        yield
+    except ConfigError as err:
+        message = str(err)
+        for key, option in names.items():
+            message = message.replace(key, option)
+        raise ConfigError(message) from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmforge.cli.options import add_prepare_options, prepare_flags
+from lmforge.cli.options import add_prepare_options, named_as_typed, prepare_flags
 from lmforge.config import Config, set_value, validate_data
 from lmforge.console import log
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.errors import LmforgeError
 
 HELP = "clean, split and tokenize a corpus into verified shards"
 OVERRIDES = True  # --clean.* and the prepare options of [data] and [tokenizer]
+NAMES = prepare_flags()  # config key → the option prepare gives it
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,20 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config(overrides: dict[str, str]) -> Config:
     """The defaults with the options given; a problem is named by the option the user typed."""
-    flags = prepare_flags()
     cfg = Config()
-    try:
+    with named_as_typed(NAMES):
         for key, value in overrides.items():
-            if not key.startswith("clean.") and key not in flags:
+            if not key.startswith("clean.") and key not in NAMES:
                 raise LmforgeError(f"prepare takes --clean.* options and "
-                                   f"{', '.join(flags.values())}, not --{key}")
+                                   f"{', '.join(NAMES.values())}, not --{key}")
             set_value(cfg, key, value)
         validate_data(cfg.data, cfg.tokenizer, cfg.clean)
-    except ConfigError as err:
-        message = str(err)
-        for key, flag in flags.items():
-            message = message.replace(key, flag)
-        raise ConfigError(message) from None
     return cfg
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.config_checks import FLOAT, eval_batch_bytes, human_bytes, model_params
 from lmforge.data import shards
 from lmforge.data.tokenizer import tokenizer_digest
 from lmforge.distributed.device import resolve_device
-from lmforge.errors import DataError
+from lmforge.errors import DataError, LmforgeError
 from lmforge.evaluate import split_loss, summarize
+from lmforge.generate import available_memory, most_that_fit
+from lmforge.rundir import RunDir, read_run_config
 from lmforge.runs.load import load_run
 
 
@@ -31,6 +37,7 @@ def evaluate_run(run_dir: Path, *, which: str = "latest", data: Path | None = No
     have the run's tokenizer): the whole split when batches=0. Transformers read windows,
     recurrent models `batch_size` streams carrying their state."""
     device = resolve_device("auto")
+    check_memory(read_run_config(RunDir(Path(run_dir))).model, batch_size, device)
     loaded = load_run(run_dir, which=which, device=str(device))
     data_dir = data or Path(loaded.cfg.data.path)
     manifest = shards.verify(data_dir)
@@ -48,3 +55,24 @@ def evaluate_run(run_dir: Path, *, which: str = "latest", data: Path | None = No
     return RunEvaluation(run=str(run_dir), checkpoint=loaded.checkpoint.name, step=loaded.step,
                          data=str(data_dir), split=split, loss=figures.loss,
                          perplexity=figures.perplexity, bits_per_byte=figures.bits_per_byte)
+
+
+def check_memory(model: ModelConfig, batch_size: int, device: torch.device) -> None:
+    """One batch of `batch_size` sequences must fit the device's free memory, judged from
+    the run's config before its model is built (a forward pass without gradients: the
+    weights, one layer's activations and the logits)."""
+    free = available_memory(device)
+    if free is None:
+        return
+
+    def need(batch: int) -> int:
+        return FLOAT * model_params(model) + eval_batch_bytes(model, model.vocab_size, batch)
+
+    if need(batch_size) <= free:
+        return
+    fit = most_that_fit(need, free, batch_size)
+    fix = (f"lower --batch-size (about {fit:,} fit)" if fit else
+           "even one sequence does not fit")
+    raise LmforgeError(f"--batch-size {batch_size} needs about {human_bytes(need(batch_size))} "
+                       f"on {device} for the model and one batch of logits, and "
+                       f"{human_bytes(free)} is free; {fix}")

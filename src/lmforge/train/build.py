@@ -14,15 +14,34 @@ import torch
 from torch import nn
 
 from lmforge.config import ModelConfig
+from lmforge.config_checks import human_bytes, model_params
 from lmforge.distributed.parallelize import SHARDED, full_weights, load_from_rank0, parallelize
 from lmforge.errors import ConfigError
+from lmforge.generate import available_memory
 from lmforge.interop.init_from import load_into
 from lmforge.models import LanguageModel, build_model
 from lmforge.plan import RunPlan
 
+# float32 weights, their gradients and AdamW's two moments: what training holds per weight
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def check_fits(cfg: ModelConfig, device: torch.device, *, shards: int = 1) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients and optimizer
+    state (split over `shards` ranks) need more memory than `device` has free."""
+    free = available_memory(device)
+    need = TRAINING_BYTES_PER_PARAM * model_params(cfg) // max(1, shards)
+    if free is not None and need > free:
+        raise ConfigError(f"the model ({model_params(cfg):,} parameters) does not fit in "
+                          f"memory on {device}: its weights, gradients and optimizer state "
+                          f"need about {human_bytes(need)}, {human_bytes(free)} is free; make "
+                          "it smaller (model.n_layer, model.n_embd) or shard it over more "
+                          "ranks (parallel.strategy=fsdp)")
+
 
 def _built(cfg: ModelConfig, device: torch.device) -> LanguageModel:
-    """The model with its initial weights on `device`; a model too large is a one-line error."""
+    """The model with its initial weights on `device`; a model too large is a one-line error
+    (when the estimate of check_fits let it through and the allocation fails all the same)."""
     try:
         return build_model(cfg).to(device)
     except (MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
@@ -38,8 +57,9 @@ def build_for_rank(plan: RunPlan, *,
     """(the model itself, the model as this rank trains it: wrapped or sharded).
     `init_state` (rank 0's --init-from weights) replaces the initial weights."""
     cfg = plan.cfg
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     sharded = plan.strategy in SHARDED
+    check_fits(cfg.model, plan.device, shards=plan.info.world_size if sharded else 1)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     weights = None
     if not sharded or plan.is_main:
         raw = _built(cfg.model, torch.device("cpu") if sharded else plan.device)

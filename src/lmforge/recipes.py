@@ -19,8 +19,13 @@ def recipe_names() -> list[str]:
 def recipe_path(name_or_path: str) -> Path:
     """A recipe given as a path to a TOML file, or by name from the recipes lmforge ships."""
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    try:
+        if path.is_file():
+            return path
+    except OSError as err:  # a name too long, a directory on the way that cannot be entered
+        raise ConfigError(f"cannot read the config file {name_or_path} "
+                          f"({err.strerror or err}); give a TOML file or one of: "
+                          f"{', '.join(recipe_names())}") from None
     if path.suffix == ".toml" or "/" in name_or_path:
         packaged = resources.files("lmforge.configs") / path.name
         if not path.exists() and packaged.is_file():
@@ -34,9 +39,21 @@ def recipe_path(name_or_path: str) -> Path:
                       "or give a path to a TOML file")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, *, fix: str = "fix the file") -> dict[str, Any]:
+    """The tables of a TOML file; a file that is unreadable, not UTF-8 or not TOML (nested too
+    deep, an integer too long for Python) is one ConfigError that ends in `fix`."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path} ({err.strerror or err}); {fix}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not valid UTF-8 (byte {err.start:,} is not text); "
+                          f"{fix}") from None
+    try:
+        return tomllib.loads(text)
+    except (ValueError, RecursionError) as err:  # TOMLDecodeError is a ValueError
+        reason = " ".join(str(err).split()) if not isinstance(err, RecursionError) \
+            else "nested too deeply"
+        raise ConfigError(f"{path} is not valid TOML ({reason}); {fix}") from None

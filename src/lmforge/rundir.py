@@ -16,14 +16,20 @@
 
 Pointers are replaced atomically, and a checkpoint being written lives under a temporary
 name (`.tmp-step_NNNNNNNN`) until it is complete.
+
+The lenient readers at the end are for what shows a run that may still be writing, or whose
+files were damaged (the report): they never raise for what a file holds, and say what they
+left out in a list of notes.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tomli_w
 
@@ -124,7 +130,10 @@ class RunDir:
     def pointer(self, name: Pointer) -> str | None:
         """The checkpoint name `latest` or `best` points at; None when it does not exist."""
         path = self.checkpoints / name
-        return path.read_text().strip() if path.is_file() else None
+        if not path.is_file():
+            return None
+        # a damaged pointer (stray bytes) names no checkpoint, and is treated as such
+        return path.read_bytes().decode("utf-8", errors="replace").strip()
 
     def point(self, name: Pointer, target: str) -> None:
         """Point `latest` or `best` at checkpoint `target`, atomically."""
@@ -173,14 +182,118 @@ def write_config(cfg: Config, run: RunDir) -> None:
 
 def read_run_config(run: RunDir, overrides: dict[str, str] | None = None) -> Config:
     """The resolved config a run directory holds, with `overrides` applied on top."""
-    if not run.path.is_dir():
+    try:
+        is_dir, has_config = run.path.is_dir(), run.config.is_file()
+    except OSError as err:  # a name too long, a directory that cannot be entered
+        raise CheckpointError(f"cannot open the run directory {run} ({err.strerror or err}); "
+                              "give the run.dir of a training run") from None
+    if not is_dir:
         raise CheckpointError(f"run directory not found: {run}; give the run.dir of a "
                               "training run")
-    if not run.config.is_file():
+    if not has_config:
         raise CheckpointError(f"{run} is not an lmforge run ({CONFIG_FILE} missing); "
                               "give the directory a training run wrote")
-    cfg = from_dict(read_toml(run.config), origin=str(run.config))
+    tree = read_toml(run.config, fix="the run's config is damaged; restore it from a copy "
+                     "(every field is listed in it) or start a new run")
+    cfg = from_dict(tree, origin=str(run.config))
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
     validate(cfg)
     return cfg
+
+
+# ---------------------------------------------------------------- lenient readers
+
+MAX_STEP = 2**53  # beyond, a step cannot be a float exactly: a damaged record
+_MAX_HEADER = 100_000_000  # bytes of a safetensors header; safetensors itself refuses more
+
+
+def finite(value: Any) -> float | None:
+    """A finite int or float as it is, else None: a string, null, bool, NaN or an integer
+    beyond float's range is no number to show."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def step_or_none(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_STEP
+    return value if ok else None
+
+
+def read_text_or_none(path: Path, notes: list[str]) -> str | None:
+    """A text file; None when it is missing or unreadable (noted). Bytes that are not UTF-8
+    become U+FFFD (noted)."""
+    if not path.is_file():
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        notes.append(f"{path.name} could not be read ({err.strerror or err})")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        notes.append(f"{path.name} is not valid UTF-8: its undecodable bytes show as \ufffd")
+        return data.decode("utf-8", errors="replace")
+
+
+def read_json_object(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it is missing, or damaged (noted)."""
+    text = read_text_or_none(path, notes)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # ValueError: also an int of 4,300+ digits
+        value = None
+    if not isinstance(value, dict):
+        notes.append(f"{path} is damaged (not a JSON object) and was left out")
+        return None
+    return value
+
+
+def read_records(path: Path, notes: list[str], *,
+                 numbers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (metrics.jsonl, samples.jsonl) that have an integer
+    `step`; a line cut short by a killed run, or damaged, is skipped and counted (noted).
+    A field in `numbers` that holds no finite number (a string, null, 10**400) is dropped."""
+    out, skipped = [], 0
+    for line in (read_text_or_none(path, notes) or "").splitlines():
+        if not line.strip():
+            continue
+        try:  # an int too long for Python (4,300+ digits) becomes inf: a number to drop
+            record = json.loads(line, parse_int=lambda s: int(s) if len(s) < 4000 else float(s))
+        except (ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict) and step_or_none(record.get("step")) is not None:
+            out.append({k: v for k, v in record.items()
+                        if k not in numbers or finite(v) is not None})
+        else:
+            skipped += 1
+    if skipped:
+        notes.append(f"{path.name}: {skipped:,} line(s) skipped (cut short by a killed run, "
+                     "or damaged)")
+    return out
+
+
+def weights_count(path: Path) -> int | None:
+    """How many weights a safetensors file holds, from its JSON header alone; None for a
+    file that is missing or damaged."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size)) if 2 <= size <= _MAX_HEADER else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    tensors = [v for k, v in header.items() if k != "__metadata__"] \
+        if isinstance(header, dict) else []
+    total = 0
+    for shape in (v.get("shape") if isinstance(v, dict) else None for v in tensors):
+        if not isinstance(shape, list) or any(step_or_none(d) is None for d in shape):
+            return None
+        total += math.prod(shape)
+    return total if tensors else None

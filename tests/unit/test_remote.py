@@ -22,6 +22,8 @@ from pathlib import Path
 import nltk
 import nltk.corpus
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmforge.data import remote, sources
 from lmforge.data.document import TRAIN, VAL, SourceOptions
@@ -251,6 +253,35 @@ def test_tinyshakespeare_from_a_seeded_cache(tmp_path: Path,
 def test_unknown_named_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="known: tinyshakespeare"):
         remote.fetch_named("tinyshakespear", SourceOptions(cache_dir=tmp_path))
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://[::1", r"is not a valid URL \(Invalid IPv6 URL\)"),
+    ("http://[::1]:99999/a.txt", r"is not a valid URL \(Port out of range"),
+    ("http://host:port/a.txt", r"is not a valid URL \(Port could not be cast"),
+    ("https://", "needs http:// or https://, a host"),
+    ("http://:80/a", "needs http:// or https://, a host"),
+    ("http://a b/c", "holds a space or a control character"),
+    ("http://a/b\nc", "holds a space or a control character"),
+])
+def test_a_malformed_url_is_one_line(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(DataError, match=message) as err:
+        list(sources.iter_documents(url, SourceOptions(cache_dir=tmp_path)))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "downloads").exists()  # refused before anything is written
+
+
+@settings(max_examples=200, deadline=None)
+@given(rest=st.text(st.characters(blacklist_categories=["Cs"]), max_size=30))
+def test_any_url_is_taken_apart_or_refused_in_one_line(rest: str) -> None:
+    for url in ("http://" + rest, "https://[" + rest, "http://h:" + rest):
+        try:
+            remote.check_url(url)
+        except DataError as err:
+            assert "\n" not in str(err)
+        else:  # what check_url lets through, urllib and the cache can take apart
+            remote._cache_path(url, Path("/cache"), None)
+            assert remote._opener(url) is not None
 
 
 # ---------------------------------------------------------------- Hugging Face datasets

@@ -1,8 +1,11 @@
-"""Local sources: compression, JSONL, Parquet, stats, fingerprints, on real files in tmp_path."""
+"""Local sources: compression, JSONL, Parquet, stats, fingerprints, on real files in tmp_path;
+and hostile ones: byte order marks, JSON nested too deep or with huge numbers, damaged
+Parquet and compressed files (names too long and unreadable files: test_hostile_files)."""
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import io
 import json
@@ -10,6 +13,7 @@ import lzma
 import os
 import random
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lmforge.data.document import SourceOptions
 from lmforge.data.sources import SourceStats, fingerprint, iter_corpus, iter_documents, source_files
@@ -276,3 +282,114 @@ def test_units_pickle_and_parse_in_workers_as_in_this_process(tmp_path):
 def _parse_unit(unit):
     stats = SourceStats()
     return unit.documents(stats), stats
+
+
+# ---------------------------------------------------------------------------- hostile files
+
+FEW = settings(max_examples=40, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+BOMS = {"utf-8-sig": lambda t: codecs.BOM_UTF8 + t.encode("utf-8"),
+        "utf-16-le": lambda t: codecs.BOM_UTF16_LE + t.encode("utf-16-le"),
+        "utf-16-be": lambda t: codecs.BOM_UTF16_BE + t.encode("utf-16-be"),
+        "utf-32-le": lambda t: codecs.BOM_UTF32_LE + t.encode("utf-32-le"),
+        "utf-32-be": lambda t: codecs.BOM_UTF32_BE + t.encode("utf-32-be")}
+# Text without NUL (a NUL character is binary to a directory sweep) or lone surrogates
+plain_text = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\0"),
+                     max_size=300)
+
+
+def one_line_data_error(spec: str, options: SourceOptions | None = None) -> str:
+    with pytest.raises(DataError) as err:
+        list(iter_documents(spec, options))
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@FEW
+@given(text=plain_text, encoding=st.sampled_from(sorted(BOMS)), gz=st.booleans())
+def test_text_with_a_byte_order_mark_is_decoded_by_it(tmp_path, text, encoding, gz):
+    data = BOMS[encoding](text)
+    corpus = tmp_path / encoding
+    shutil.rmtree(corpus, ignore_errors=True)  # hypothesis runs every example in one tmp_path
+    name = "doc.txt.gz" if gz else "doc.txt"
+    write(corpus / name, gzip.compress(data) if gz else data)
+    stats = SourceStats()
+    # in a directory: a sweep that skips binary files must not take UTF-16's NULs for one
+    docs = list(iter_corpus([str(corpus)], stats=stats)) if text else []
+    assert [d.text for d in docs] == ([text] if text else [])
+    assert stats.invalid_utf8_docs == 0 and stats.binary_skipped == 0
+
+
+@FEW
+@given(texts=st.lists(plain_text, min_size=1, max_size=5), encoding=st.sampled_from(sorted(BOMS)))
+def test_jsonl_with_a_byte_order_mark_is_decoded_by_it(tmp_path, texts, encoding):
+    path = write(tmp_path / f"{encoding}.jsonl", BOMS[encoding](jsonl([{"text": t} for t in texts]).decode()))
+    assert [d.text for d in iter_documents(str(path))] == texts
+
+
+def test_binary_file_with_a_bom_like_start_is_still_skipped(tmp_path):
+    write(tmp_path / "d" / "blob.bin", codecs.BOM_UTF16_LE + b"\0\0\0\0\x00\xd8")  # NUL, cut
+    write(tmp_path / "d" / "a.txt", b"text")
+    stats = SourceStats()
+    assert [d.id for d in iter_corpus([str(tmp_path / "d")], stats=stats)] == ["a.txt"]
+    assert stats.binary_skipped == 1
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "a", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests arrays or objects too deeply"),
+    ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", "too deeply"),
+    ('{"text": "a", "n": ' + "9" * 5000 + "}", r"holds a number Python will not read \(Exceeds"),
+    ('{"text": "a", "n": -' + "1" * 5000 + "}", "holds a number Python will not read"),
+])
+def test_jsonl_too_deep_or_with_a_huge_integer_is_one_line(tmp_path, line, message):
+    path = write(tmp_path / "x.jsonl", b'{"text": "fine"}\n' + line.encode() + b"\n")
+    assert re.search(r"x\.jsonl line 2 .*" + message, one_line_data_error(str(path)))
+
+
+@FEW
+@given(depth=st.integers(1, 3000), digits=st.integers(1, 6000))
+def test_jsonl_any_depth_or_number_of_digits_is_read_or_one_line(tmp_path, depth, digits):
+    row = '{"text": "a", "m": ' + "[" * depth + "]" * depth + ', "n": ' + "7" * digits + "}\n"
+    path = write(tmp_path / "x.jsonl", row.encode())
+    try:
+        [doc] = iter_documents(str(path))
+    except DataError as err:
+        assert "\n" not in str(err) and (depth > 900 or digits > 4300)
+    else:
+        assert doc.text == "a"
+
+
+def test_damaged_parquet_is_one_line(tmp_path):
+    good = write_parquet(tmp_path / "t.parquet", {"text": ["hello"] * 100}, row_group_size=10)
+    data = bytearray(good.read_bytes())
+    data[-200:-8] = b"\xff" * 192  # the footer's thrift: pyarrow's message ends in a newline
+    path = write(tmp_path / "footer.parquet", bytes(data))
+    assert "footer.parquet is not a readable Parquet file" in one_line_data_error(str(path))
+
+
+def mutated(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for pos, length, new in edits:
+        pos %= len(out) + 1
+        out[pos:pos + length] = new
+    return bytes(out)
+
+
+edits = st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 32), st.binary(max_size=8)),
+                 min_size=1, max_size=3)
+
+
+@FEW
+@given(damage=edits, kind=st.sampled_from(["parquet", *sorted(COMPRESS)]))
+def test_damaged_parquet_or_compressed_file_gives_documents_or_one_line(tmp_path, damage, kind):
+    text = words(300)
+    if kind == "parquet":
+        good = write_parquet(tmp_path / "g.parquet", {"text": text.split("\n")}, row_group_size=7)
+        data, name = good.read_bytes(), "x.parquet"
+    else:
+        data, name = COMPRESS[kind](jsonl([{"text": t} for t in text.split("\n")])), f"x.jsonl.{kind}"
+    path = write(tmp_path / name, mutated(data, damage))
+    try:
+        list(iter_documents(str(path)))
+    except DataError as err:
+        assert "\n" not in str(err)

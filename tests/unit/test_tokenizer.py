@@ -1,14 +1,19 @@
 import inspect
 import json
 import random
+import re
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmforge.config import CleanConfig, TokenizerConfig
 from lmforge.data import shards
+from lmforge.data import tokenizer as tokenizer_module
 from lmforge.data.prepare import prepare
-from lmforge.data.tokenizer import load_tokenizer, train_tokenizer
+from lmforge.data.tokenizer import _bounded, load_tokenizer, train_tokenizer
 from lmforge.errors import DataError
 
 MIXED = ("Hello, world!\nCafé naïve résumé Ærøskøbing\t→ tabs\there\r\n"
@@ -151,3 +156,37 @@ def test_tokenizer_files_are_self_describing(tmp_path):
     assert hf["pre_tokenizer"]["type"] == "ByteLevel"
     assert hf["decoder"]["type"] == "ByteLevel"
     assert [t["content"] for t in hf["added_tokens"]] == ["<|endoftext|>"]
+
+
+# ---------------------------------------------------------------------------- a corpus of one word
+
+def test_bpe_training_sees_ordinary_text_as_it_is(monkeypatch):
+    texts = corpus()
+    assert list(_bounded(texts)) == texts
+    cut = trained("bpe")._hf.to_str()
+    monkeypatch.setattr(tokenizer_module, "_bounded", lambda texts: texts)  # as before the cut
+    assert trained("bpe")._hf.to_str() == cut
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=st.lists(st.tuples(st.sampled_from("ab1. \n"), st.integers(1, 3000)), max_size=6))
+def test_bpe_training_cuts_only_long_runs_and_keeps_every_character(runs):
+    text = "".join(ch * n for ch, n in runs)
+    pieces = list(_bounded([text]))
+    assert "".join(pieces) == text and all(pieces)
+    assert not any(re.search(r"\S{1025}|\s{1025}", p) for p in pieces)
+    if not re.search(r"\S{1025}|\s{1025}", text):
+        assert pieces == ([text] if text else [])
+
+
+def test_bpe_on_a_single_line_without_spaces_is_fast_and_round_trips():
+    # 2 MB in one word: the pre-tokenizer keeps it whole, and training on it without the
+    # cut takes minutes (quadratic in the word's length); with it, about a second
+    rng = random.Random(0)
+    text = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=2_000_000))
+    start = time.perf_counter()
+    tok = train_tokenizer("bpe", [text], vocab_size=300)
+    assert time.perf_counter() - start < 30
+    assert tok.vocab_size == 300
+    sample = text[:5000]
+    assert tok.decode(tok.encode(sample)) == sample

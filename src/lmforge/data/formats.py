@@ -4,11 +4,16 @@ Each reader takes one file and yields Documents; which reader applies is decided
 file's name alone (`kind_of`), so the same file is read the same way wherever it is found.
 Decompression is streamed and guarded: a truncated or corrupt file stops with a DataError
 that names the file and how far it got, never with a bare zlib or lzma traceback.
+
+Text is UTF-8, unless it starts with a byte order mark: UTF-8's is dropped, and a file that
+starts with UTF-16's or UTF-32's is decoded as such (a JSONL file so marked is transcoded to
+UTF-8 as it streams, since its lines end in more than one byte).
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import io
 import json
@@ -76,13 +81,58 @@ def kind_of(name: str) -> str:
     return "text"
 
 
+# UTF-32's marks first: UTF-32-LE's begins with UTF-16-LE's
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def encoding_of(data: bytes) -> str:
+    """The encoding a byte order mark at the start of `data` names; else utf-8."""
+    return next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+
+
 def decode(data: bytes, stats: SourceStats) -> str:
-    """UTF-8 text; corpora in the wild hold stray bytes, so they become U+FFFD and are counted."""
+    """UTF-8 text (or UTF-16/32 by its byte order mark); corpora in the wild hold stray bytes,
+    so they become U+FFFD and are counted."""
+    encoding = encoding_of(data)
     try:
-        return data.decode("utf-8")
+        return data.decode(encoding)
     except UnicodeDecodeError:
         stats.invalid_utf8_docs += 1
-        return data.decode("utf-8", errors="replace")
+        return data.decode(encoding, errors="replace")
+
+
+def _is_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file are binary: a NUL byte, but in UTF-16 or UTF-32
+    text (marked by its BOM), where a NUL character is."""
+    encoding = encoding_of(head)
+    if encoding.startswith("utf-8"):
+        return b"\0" in head
+    try:  # incremental: a character cut at the end of `head` is no error
+        return "\0" in codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+    except UnicodeDecodeError:
+        return True
+
+
+class _ToUtf8(io.RawIOBase):
+    """A UTF-16 or UTF-32 stream (known by its BOM) as UTF-8 bytes."""
+
+    def __init__(self, stream: IO[bytes], encoding: str) -> None:
+        self._text = io.TextIOWrapper(cast(Any, stream), encoding=encoding, errors="replace",
+                                      newline="")
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._out:
+            self._out = self._text.read(_CHUNK).encode("utf-8")
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
 
 
 class _ZstdRaw(io.RawIOBase):
@@ -192,7 +242,7 @@ def open_stream(path: Path) -> Iterator[IO[bytes]]:
 def read_bytes(path: Path, *, skip_binary: bool) -> bytes | None:
     """The whole (decompressed) file, or None for a binary one a sweep picked up."""
     with open_stream(path) as stream:
-        if skip_binary and b"\0" in stream.peek(_BINARY_PROBE)[:_BINARY_PROBE]:  # type: ignore[attr-defined]
+        if skip_binary and _is_binary(stream.peek(_BINARY_PROBE)[:_BINARY_PROBE]):  # type: ignore[attr-defined]
             return None
         return stream.read()
 
@@ -236,7 +286,9 @@ def jsonl_chunks(path: Path) -> Iterator[Chunk]:
     """Runs of whole lines of about _JSONL_CHUNK bytes."""
     line = 1
     parts: list[bytes] = []
-    with open(path, "rb") as fh, _decompressed(path, fh) as stream:
+    with open(path, "rb") as fh, _decompressed(path, fh) as raw:
+        encoding = encoding_of(raw.peek(4)[:4])  # type: ignore[attr-defined]
+        stream = raw if encoding.startswith("utf-8") else io.BufferedReader(_ToUtf8(raw, encoding))
         while block := stream.read(_JSONL_CHUNK):
             cut = block.rfind(b"\n") + 1
             if not cut:  # a line longer than a block: keep gathering it
@@ -268,6 +320,13 @@ def parse_jsonl(payload: tuple[bytes, str, str, int, str], stats: SourceStats) -
             raise DataError(f"{path} line {line} is not JSON ({err.msg} at column "
                             f"{err.colno}); each line of a .jsonl file must be one "
                             "JSON object") from None
+        except RecursionError:
+            raise DataError(f"{path} line {line} nests arrays or objects too deeply for "
+                            "Python to parse; flatten it or remove the line") from None
+        except ValueError as err:  # Python's limit on the digits of an int, as of 3.11
+            raise DataError(f"{path} line {line} holds a number Python will not read "
+                            f"({str(err).split(':')[0]}); quote it as a string or remove the "
+                            "line") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path} line {line} is a JSON {type(obj).__name__}, "
                             "not an object; each line must be one JSON object")
@@ -299,8 +358,9 @@ def _parquet(path: Path) -> Iterator[Any]:
         with pq.ParquetFile(path) as pf:
             yield pf
     except (pa.ArrowException, OSError) as err:
+        reason = " ".join(str(err).split())  # pyarrow's thrift errors end in a newline
         raise DataError(f"{path} is not a readable Parquet file ({type(err).__name__}: "
-                        f"{err}); re-download or re-write it") from err
+                        f"{reason}); re-download or re-write it") from err
 
 
 def parquet_rows(path: Path) -> int:

@@ -59,6 +59,22 @@ def _say(message: str) -> None:
 
 # ---------------------------------------------------------------- downloads with a cache
 
+def check_url(url: str) -> None:
+    """An http(s) URL that urllib can take apart: scheme, host and (if any) a port in range,
+    and no space or control character; else one DataError."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise DataError(f"the URL {url!r} holds a space or a control character; "
+                        "percent-encode it (a space is %20)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as err:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise DataError(f"{url} is not a valid URL ({err}); check the address") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise DataError(f"{url} is not a valid URL (it needs http:// or https://, a host and "
+                        "at most a port from 1 to 65535); check the address")
+
+
 def _cache_path(url: str, cache_dir: Path, filename: str | None) -> Path:
     """Keyed by the URL, and ending in the URL's file name so readers can go by its suffix."""
     name = filename or Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
@@ -155,6 +171,7 @@ def _fetch(url: str, dest: Path, *, sha256: str | None, log: Log, hint: str) -> 
 def download(url: str, *, cache_dir: Path, sha256: str | None = None,
              filename: str | None = None, log: Log | None = None) -> Path:
     """The path of `url`'s file in the cache, downloading it on first use."""
+    check_url(url)
     dest = _cache_path(url, cache_dir, filename)
     return _fetch(url, dest, sha256=sha256, log=log or (lambda _: None), hint=_HAND_HINT)
 
@@ -170,6 +187,7 @@ def fetch_named(name: str, options: SourceOptions) -> Path:
         raise DataError(f"unknown named dataset {name!r}; known: {', '.join(NAMED_DATASETS)}")
     known = NAMED_DATASETS[name]
     url = os.environ.get(f"LMFORGE_URL_{name.upper()}", known.url)
+    check_url(url)
     # Cached under the canonical URL whatever the mirror: the checksum vouches for the bytes,
     # and a user can seed the cache by hand at one documented path.
     dest = _cache_path(known.url, options.cache_dir, known.filename)

@@ -17,11 +17,13 @@ that the progress of reading them reaches the total of the files' sizes exactly.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import hashlib
 import itertools
 import json
 import os
+import stat
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,9 +130,23 @@ def _stdlib_inputs() -> list[_Input]:
     return inputs
 
 
+def unreadable(path: Path, err: OSError) -> DataError:
+    """A file or directory the system will not let us read, as one line that says why."""
+    reason = err.strerror or type(err).__name__
+    fix = {errno.EACCES: "make it readable, or move it out of the data",
+           errno.EPERM: "make it readable, or move it out of the data",
+           errno.ENAMETOOLONG: "shorten the name (each part at most 255 bytes)"}
+    return DataError(f"cannot read {path} ({reason}); "
+                     f"{fix.get(err.errno or 0, 'check the path and the disk')}")
+
+
+def _walk_error(err: OSError) -> None:
+    raise unreadable(Path(err.filename or "?"), err)
+
+
 def _directory_inputs(root: Path) -> list[_Input]:
     inputs = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -165,9 +181,17 @@ def _inputs(spec: str) -> list[_Input]:
     if spec == STDLIB:
         return _stdlib_inputs()
     path = Path(spec)
-    if path.is_file():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = 0
+    except OSError as err:  # a name too long, a directory on the way that cannot be entered
+        if err.errno != errno.ENOTDIR and not _is_glob(spec):
+            raise unreadable(path, err) from None
+        mode = 0
+    if stat.S_ISREG(mode):
         return [_Input(path, path.name, False)]
-    if path.is_dir():
+    if stat.S_ISDIR(mode):
         return _directory_inputs(path)
     if _is_glob(spec):
         inputs = _glob_inputs(spec)
@@ -264,8 +288,11 @@ def _file_units(item: _Input, options: SourceOptions, stats: SourceStats, spec: 
 
 
 def _units(item: _Input, options: SourceOptions, stats: SourceStats, spec: int) -> Iterator[Unit]:
-    disk = item.path.stat().st_size
-    yield from share_disk(_file_units(item, options, stats, spec, disk), disk, spec)
+    try:
+        disk = item.path.stat().st_size
+        yield from share_disk(_file_units(item, options, stats, spec, disk), disk, spec)
+    except OSError as err:  # unreadable (permissions), or gone since it was listed
+        raise unreadable(item.path, err) from None
 
 
 def _spec_units(specs: list[str], index: int, options: SourceOptions,

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ BPE_FILE = "tokenizer.json"
 EOT_TOKEN = "<|endoftext|>"
 KINDS = ("bpe", "char", "byte")
 _REPLACEMENT = "\ufffd"
+# BPE training: a run of more characters without a break is cut into pieces this long
+_MAX_RUN = 1024
+_LONG_RUN = re.compile(rf"\S{{{_MAX_RUN + 1},}}|\s{{{_MAX_RUN + 1},}}")
 
 
 class Tokenizer(ABC):
@@ -164,6 +168,26 @@ class BpeTokenizer(Tokenizer):
         self._hf.save(str(Path(directory) / BPE_FILE))
 
 
+def _bounded(texts: Iterable[str]) -> Iterator[str]:
+    """The texts as BPE training sees them. The byte-level pre-tokenizer splits text at
+    whitespace (and between letters, digits and punctuation), so a run without whitespace is
+    one word, and the trainer's work on a word grows with the square of its length: a
+    single-line corpus of 50 MB ran for hours. So each run of over _MAX_RUN characters (of
+    non-space, or of space) is cut into pieces of _MAX_RUN, for training alone: encoding sees
+    the whole run, with the same pre-tokenizer. Text without such a run passes as it is, so
+    what the tokenizer learns from ordinary text does not change."""
+    for text in texts:
+        start = 0
+        for match in _LONG_RUN.finditer(text):
+            if match.start() > start:
+                yield text[start:match.start()]
+            run = match.group()
+            yield from (run[i:i + _MAX_RUN] for i in range(0, len(run), _MAX_RUN))
+            start = match.end()
+        if start < len(text):
+            yield text[start:] if start else text
+
+
 def _train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -177,7 +201,7 @@ def _train_bpe(texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TOKEN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    hf.train_from_iterator(texts, trainer=trainer)
+    hf.train_from_iterator(_bounded(texts), trainer=trainer)
     return BpeTokenizer(hf)
 
 
@@ -213,7 +237,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     try:
         meta = json.loads(meta_path.read_text())
         kind = meta["kind"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise DataError(f"no tokenizer at {directory} ({META_FILE} missing or unreadable); "
                         "prepare the dataset again") from None
     tok = _loaded(kind, meta, directory)
@@ -225,7 +249,11 @@ def _loaded(kind: str, meta: dict[str, Any], directory: Path) -> Tokenizer:
     if kind == "byte":
         return ByteTokenizer()
     if kind == "char":
-        return CharTokenizer(meta["chars"])
+        chars = meta.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise DataError(f"{directory / META_FILE}: the char tokenizer's 'chars' are missing "
+                            "or damaged; prepare the dataset again")
+        return CharTokenizer(chars)
     if kind == "bpe":
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -235,7 +263,7 @@ def _loaded(kind: str, meta: dict[str, Any], directory: Path) -> Tokenizer:
             raise DataError(f"no tokenizer at {directory} ({BPE_FILE} missing or unreadable); "
                             "prepare the dataset again") from None
         return BpeTokenizer(hf)
-    raise DataError(f"{directory / META_FILE}: unknown tokenizer kind '{kind}'; prepare the "
+    raise DataError(f"{directory / META_FILE}: unknown tokenizer kind {kind!r}; prepare the "
                     "dataset again")
 
 

@@ -22,13 +22,13 @@ else has no HF class that computes the same function, so it is refused.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from torch import Tensor
 
 from lmforge.config import ModelConfig
-from lmforge.errors import ConfigError
+from lmforge.errors import CheckpointError, ConfigError
 
 WEIGHTS = "model.safetensors"
 FAMILIES: dict[str, dict[str, str | tuple[str, ...]]] = {  # HF model_type → the lmforge options that compute the same function
@@ -48,10 +48,49 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; anything else (no file, not JSON, a list, nesting too deep
+    for Python, an integer of 4,300+ digits) is one ConfigError."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        value = json.loads(path.read_bytes())
+    except OSError:
+        raise ConfigError(f"{path} is missing or unreadable; give a model directory") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         raise ConfigError(f"{path} is missing or not valid JSON; give a model directory") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not an object; the file "
+                          "is damaged or not a model's")
+    return value
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files that hold a model directory's weights: model.safetensors, else the shards
+    its index names (each checked to lie inside `directory` before anything is opened), else
+    pytorch_model.bin. CheckpointError when there are none."""
+    if (directory / WEIGHTS).is_file():
+        return [directory / WEIGHTS]
+    index = directory / f"{WEIGHTS}.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no weight_map naming the shards; the index is "
+                                  "damaged: re-download it")
+        if not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map holds values that are not file names; "
+                                  "the index is damaged: re-download it")
+        names = sorted(set(weight_map.values()))
+        for name in names:
+            parts = PurePosixPath(name).parts
+            if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\0" in name:
+                raise CheckpointError(f"{index} names the shard {name!r}, outside {directory}; "
+                                      "the index is damaged or hostile, and nothing was loaded")
+        missing = [n for n in names if not (directory / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{directory} lacks the shard {missing[0]} that {index.name} "
+                                  "names; the download is incomplete")
+        return [directory / n for n in names]
+    if (directory / "pytorch_model.bin").is_file():
+        return [directory / "pytorch_model.bin"]
+    raise CheckpointError(f"{directory} has no {WEIGHTS} or pytorch_model.bin")
 
 
 def hf_family(cfg: ModelConfig) -> str:

@@ -85,20 +85,37 @@ def import_hf_tokenizer(directory: Path) -> Tokenizer:
     directory = Path(directory)
     if (directory / META_FILE).is_file():
         return load_tokenizer(directory)
-    if (directory / BPE_FILE).is_file():
-        hf = HFTokenizer.from_file(str(directory / BPE_FILE))
-    elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
-        hf = HFTokenizer(models.BPE.from_file(str(directory / "vocab.json"),
-                                              str(directory / "merges.txt")))
-        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        hf.decoder = decoders.ByteLevel()
-        if hf.token_to_id(EOT_TOKEN) is not None:
-            hf.add_special_tokens([EOT_TOKEN])
-    else:
-        raise DataError(f"no tokenizer in {directory} (no {BPE_FILE}, nor vocab.json + merges.txt)")
+    try:  # tokenizers raises plain Exception, with Rust's message, for a damaged file
+        if (directory / BPE_FILE).is_file():
+            hf = HFTokenizer.from_file(str(directory / BPE_FILE))
+        elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            hf = HFTokenizer(models.BPE.from_file(str(directory / "vocab.json"),
+                                                  str(directory / "merges.txt")))
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            hf.decoder = decoders.ByteLevel()
+            if hf.token_to_id(EOT_TOKEN) is not None:
+                hf.add_special_tokens([EOT_TOKEN])
+        else:
+            raise DataError(f"no tokenizer in {directory} (no {BPE_FILE}, nor vocab.json + "
+                            "merges.txt)")
+    except DataError:
+        raise
+    except Exception as err:
+        reason = " ".join(str(err).split())[:160]
+        raise DataError(f"the tokenizer in {directory} is damaged ({reason}); re-download "
+                        f"{BPE_FILE} (or vocab.json and merges.txt)") from None
     if hf.token_to_id(EOT_TOKEN) is None:
-        config = directory / "tokenizer_config.json"
-        eos = json.loads(config.read_text()).get("eos_token") if config.is_file() else None
         raise DataError(f"the tokenizer in {directory} has no {EOT_TOKEN} token (its end of "
-                        f"text is {eos!r}); lmforge's bpe tokenizer needs {EOT_TOKEN}")
+                        f"text is {_eos(directory)!r}); lmforge's bpe tokenizer needs {EOT_TOKEN}")
     return BpeTokenizer(hf)
+
+
+def _eos(directory: Path) -> Any:
+    """tokenizer_config.json's eos_token, for a message; None when it cannot be read."""
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    eos = config.get("eos_token") if isinstance(config, dict) else None
+    eos = eos.get("content") if isinstance(eos, dict) else eos  # an AddedToken's fields
+    return eos if isinstance(eos, str) else None

@@ -34,10 +34,16 @@ RUN_OWN = ("dropout", "block_size")  # fields the new run may choose; see the mo
 
 def _directory(path: str) -> Path:
     directory = Path(path)
-    if not directory.is_dir():
+    try:
+        is_dir = directory.is_dir()
+        has_config = is_dir and (directory / "config.json").is_file()
+    except OSError as err:  # a name too long, a directory that cannot be entered
+        raise ConfigError(f"--init-from {path}: {err.strerror or err}; give a Hugging Face "
+                          "model directory or the output of `lmforge export`") from None
+    if not is_dir:
         raise ConfigError(f"--init-from {path}: no such directory; give a Hugging Face model "
                           "directory or the output of `lmforge export`")
-    if not (directory / "config.json").is_file():
+    if not has_config:
         raise ConfigError(f"--init-from {path} has no config.json; give a Hugging Face model "
                           "directory or the output of `lmforge export`")
     return directory

@@ -13,9 +13,10 @@ It shows: a summary table; loss and bits per byte against step and against wall 
 learning rate, gradient norm, throughput and MFU; the resolved config (for several runs, the
 keys that differ); the dataset's report (what prepare read, dropped and wrote); the
 samples at the end and at each evaluation; and the checkpoints. Everything comes from
-files the run directory already has (config.toml, metrics.jsonl, samples.txt,
-samples.jsonl, checkpoints/) and from the dataset's
-manifest.json and report.json, so a report can be made for a run that is still training.
+files the run directory already has (config.toml, metrics.jsonl, samples.txt, samples.jsonl,
+checkpoints/) and from the dataset's manifest.json and report.json, so a report can be made
+for a run that is still training. What is damaged is left out and named on the page; only a
+config.toml that cannot be read stops the report.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import html
 import io
 import json
 import math
-import struct
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge import rundir
 from lmforge.errors import LmforgeError
 from lmforge.files import write_text_atomic
 from lmforge.rundir import FIGURES_DIR, REPORT_FILE, WEIGHTS_FILE, RunDir, read_run_config
@@ -38,7 +39,7 @@ from lmforge.rundir import FIGURES_DIR, REPORT_FILE, WEIGHTS_FILE, RunDir, read_
 
 @dataclass
 class RunData:
-    """What a report needs from one run directory."""
+    """What a report needs from one run directory; what was damaged is left out, and noted."""
 
     path: Path
     name: str
@@ -52,29 +53,27 @@ class RunData:
     eval_samples: list[dict[str, Any]] = field(default_factory=list)  # {"step", "texts"}
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     params: int | None = None
+    notes: list[str] = field(default_factory=list)  # what was damaged and left out
 
     @property
     def train_bpb_factor(self) -> float:
         """Train loss (nats per token) x this = bits per byte of the train split."""
-        split = (self.manifest or {}).get("splits", {}).get("train", {})
-        if not split.get("bytes"):
+        split = _dict(_dict(_dict(self.manifest).get("splits")).get("train"))
+        tokens, size = rundir.finite(split.get("tokens")), rundir.finite(split.get("bytes"))
+        if not tokens or not size:
             return math.nan
-        return split["tokens"] / (split["bytes"] * math.log(2))
+        return tokens / (size * math.log(2))
 
 
 # ---------------------------------------------------------------------------- reading
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of metrics.jsonl; a line cut short by a killed run is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+_NUMBERS = ("loss", "val_loss", "val_bpb", "val_ppl", "lr", "grad_norm", "tokens",
+            "tokens_per_s", "mfu", "elapsed_s")
+_PLOT_MAX = 1e100  # beyond, matplotlib cannot lay out an axis: such a value is no measurement
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _wall_clock(train: list[dict[str, Any]]) -> None:
@@ -102,49 +101,35 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float:
     return ys[-1]
 
 
-def _safetensors_params(path: Path) -> int | None:
-    """Number of weights in a safetensors file, from its JSON header alone."""
-    try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError, struct.error):
-        return None
-    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-
-
 def _checkpoints(run: RunDir) -> list[dict[str, Any]]:
-    pointers: dict[str, list[str]] = {}
-    for name in ("latest", "best"):
-        target = run.pointer("latest" if name == "latest" else "best")
-        if target is not None:
-            pointers.setdefault(target, []).append(name)
+    pointers = {"latest": run.pointer("latest"), "best": run.pointer("best")}
     out = []
     for path in (run.checkpoints / name for name in run.checkpoint_names()):
+        meta = rundir.read_json_object(path / "meta.json", [])  # None: being written, damaged
         try:
-            step = json.loads((path / "meta.json").read_text())["step"]
-        except (OSError, ValueError, KeyError):
-            step = None  # a checkpoint still being written, or damaged
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        out.append({"name": path.name, "step": step, "bytes": size,
-                    "marks": pointers.get(path.name, [])})
+            size: int | None = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        except OSError:
+            size = None
+        out.append({"name": path.name, "step": rundir.step_or_none((meta or {}).get("step")),
+                    "bytes": size, "marks": [k for k, v in pointers.items() if v == path.name]})
     return out
 
 
-def _json_or_none(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _samples(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"step": r["step"], "texts": [t for t in r["texts"] if isinstance(t, str)]}
+            for r in records if isinstance(r.get("texts"), list)]
 
 
 def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
+    """The run's files, checked. A run whose config.toml cannot be read is refused (one
+    LmforgeError); any other damaged file is left out and named in RunData.notes."""
     run = RunDir(Path(run_dir))
-    cfg = read_run_config(run)  # a missing or foreign directory is a one-line error here
-    text = run.config.read_text()
-    records = _read_jsonl(run.metrics)
+    cfg = read_run_config(run)  # a missing, foreign or damaged run is a one-line error here
+    text = run.config.read_text(encoding="utf-8")  # read_run_config checked it
+    notes: list[str] = []
+    records = rundir.read_records(run.metrics, notes, numbers=_NUMBERS)
     data = RunData(path=run.path, name=name or run.path.name, config=tomllib.loads(text),
-                   config_text=text,
+                   config_text=text, notes=notes,
                    train=[r for r in records if r.get("kind") == "train"],
                    evals=[r for r in records if r.get("kind") == "eval"])
     _wall_clock(data.train)
@@ -152,14 +137,13 @@ def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
     times = [r["time_s"] for r in data.train]
     for r in data.evals:  # an evaluation follows the train step of the same number
         r["time_s"] = _interp(r["step"], steps, times)
-    data_dir = Path(cfg.data.path)
-    data.manifest = _json_or_none(data_dir / "manifest.json")
-    data.data_report = _json_or_none(data_dir / "report.json")
-    data.samples = run.samples.read_text() if run.samples.is_file() else ""
-    data.eval_samples = _read_jsonl(run.eval_samples)
+    data.manifest = rundir.read_json_object(Path(cfg.data.path) / "manifest.json", notes)
+    data.data_report = rundir.read_json_object(Path(cfg.data.path) / "report.json", notes)
+    data.samples = rundir.read_text_or_none(run.samples, notes) or ""
+    data.eval_samples = _samples(rundir.read_records(run.eval_samples, notes))
     data.checkpoints = _checkpoints(run)
     if data.checkpoints:
-        data.params = _safetensors_params(run.checkpoints / data.checkpoints[-1]["name"]
+        data.params = rundir.weights_count(run.checkpoints / data.checkpoints[-1]["name"]
                                           / WEIGHTS_FILE)
     return data
 
@@ -173,8 +157,8 @@ def _series(run: RunData, what: str, x: str) -> list[tuple[str, str, list[float]
     out: list[tuple[str, str, list[float], list[float]]] = []
 
     def add(label: str, style: str, rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> None:
-        pts = [(r[x], r[key] * scale) for r in rows
-               if key in r and r[key] is not None and math.isfinite(r[key] * scale)]
+        pts = [(r[x], r[key] * scale) for r in rows  # abs(NaN) < _PLOT_MAX is False
+               if key in r and abs(r[key] * scale) < _PLOT_MAX and abs(r[x]) < _PLOT_MAX]
         if pts:
             out.append((label, style, [p[0] for p in pts], [p[1] for p in pts]))
 
@@ -201,6 +185,11 @@ FIGURE_SPECS = [  # file name, quantity, x, title, y label
 ]
 
 
+def _literal(text: str) -> str:
+    """`text` as matplotlib shows it: each $ escaped, so no mathtext is parsed (and TeX is off)."""
+    return _printable(text).replace("$", r"\$")
+
+
 def _figure(runs: list[RunData], *, what: str, x: str, title: str, ylabel: str) -> bytes | None:
     """One PNG with every run's lines (one colour per run: train thin, validation with
     markers), or None when no run has data for it."""
@@ -213,6 +202,7 @@ def _figure(runs: list[RunData], *, what: str, x: str, title: str, ylabel: str) 
     if not lines:
         return None
     minutes = x == "time_s" and max(max(s[2]) for _, _, s in lines) > 120
+    plt.rcParams["text.usetex"] = False  # Agg, in this process alone: labels stay literal
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run, (label, style, xs, ys) in lines:
@@ -220,27 +210,34 @@ def _figure(runs: list[RunData], *, what: str, x: str, title: str, ylabel: str) 
         xs = [v / 60 for v in xs] if minutes else xs
         kw = ({"linewidth": 1.0, "alpha": 0.75} if style == "train"
               else {"marker": "o", "markersize": 3.5, "linewidth": 1.6})
-        ax.plot(xs, ys, color=colors[i % len(colors)], label=name, **kw)
+        ax.plot(xs, ys, color=colors[i % len(colors)], label=_literal(name), **kw)
     ax.set_xlabel({"step": "step", "time_s": "wall time in training (minutes)" if minutes
                    else "wall time in training (seconds)"}[x])
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(_literal(ylabel))
     if what == "lr":
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    ax.set_title(title)
+    ax.set_title(_literal(title))
     ax.grid(alpha=0.3)
     if len(lines) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
     return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------- html
 
+def _printable(text: str) -> str:
+    """A lone surrogate (a file name's stray byte, a "\\ud800" in JSON) as "?": UTF-8 has none."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(_printable(str(value)), quote=True)
 
 
 def _table(head: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
@@ -250,13 +247,11 @@ def _table(head: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
 
 
 def _num(x: Any, fmt: str = ",.4f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return format(x, fmt)
+    return "–" if rundir.finite(x) is None else format(x, fmt)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
+def _duration(seconds: Any) -> str:
+    if rundir.finite(seconds) is None:
         return "–"
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -265,10 +260,10 @@ def _summary(runs: list[RunData]) -> str:
     rows = []
     for run in runs:
         m, last = run.config.get("model", {}), (run.train[-1] if run.train else {})
-        best = min(run.evals, key=lambda r: r["val_loss"]) if run.evals else {}
+        best = min((r for r in run.evals if "val_loss" in r), key=lambda r: r["val_loss"],
+                   default={})
         speeds = sorted(r["tokens_per_s"] for r in run.train if "tokens_per_s" in r)
-        utils = sorted(r["mfu"] for r in run.train
-                       if isinstance(r.get("mfu"), float) and math.isfinite(r["mfu"]))
+        utils = sorted(r["mfu"] for r in run.train if "mfu" in r)  # finite: checked
         shape = f"{m.get('arch')}, {m.get('n_layer')} layers × {m.get('n_embd')}"
         rows.append([run.name, shape + (f", {run.params:,} weights" if run.params else ""),
                      last.get("step", 0), _num(last.get("tokens"), ","),
@@ -306,40 +301,47 @@ def _config_section(runs: list[RunData]) -> str:
 def _data_section(run: RunData) -> str:
     path = run.config.get("data", {}).get("path", "")
     if run.manifest is None:
-        return f"<p>The dataset {_e(path)} is not on this machine.</p>"
-    parts = [f"<p>Dataset <code>{_e(path)}</code>; {_e(run.manifest['tokenizer']['kind'])} "
-             f"tokenizer, {run.manifest['tokenizer']['vocab_size']:,} tokens.</p>"]
-    splits = run.manifest.get("splits", {})
+        return f"<p>The dataset {_e(path)} is not on this machine (or its manifest is damaged).</p>"
+    tok = _dict(run.manifest.get("tokenizer"))
+    parts = [f"<p>Dataset <code>{_e(path)}</code>; {_e(tok.get('kind', '?'))} tokenizer, "
+             f"{_num(tok.get('vocab_size'), ',')} tokens.</p>"]
+    splits = {name: _dict(s) for name, s in _dict(run.manifest.get("splits")).items()}
     parts.append(_table(["split", "documents", "tokens", "bytes", "bytes per token"],
-                        [[name, _num(s.get("documents"), ","), _num(s.get("tokens"), ","),
-                          _num(s.get("bytes"), ","),
-                          _num(s["bytes"] / s["tokens"] if s.get("tokens") else None, ".3f")]
+                        [[name, *(_num(s.get(k), ",") for k in ("documents", "tokens", "bytes")),
+                          _num(_ratio(s.get("bytes"), s.get("tokens")), ".3f")]
                          for name, s in splits.items()], cls="num"))
     rep = run.data_report
     if rep is None:
         return "".join(parts) + "<p>No report.json beside the shards.</p>"
     sources = ", ".join(f"{k.replace('_', ' ')} {_num(v, ',') if isinstance(v, int) else v}"
-                        for k, v in (rep.get("sources") or {}).items())
+                        for k, v in _dict(rep.get("sources")).items())
     if sources:
         parts.append(f"<p>Sources: {_e(sources)}.</p>")
-    clean = [[step, _num(c.get("docs_in"), ","), _num(c.get("docs_out"), ","),
-              _num(c.get("bytes_in"), ","), _num(c.get("bytes_out"), ",")]
-             for step, c in (rep.get("clean") or {}).items()]
+    keys = ("docs_in", "docs_out", "bytes_in", "bytes_out")
+    clean = [[step, *(_num(_dict(c).get(k), ",") for k in keys)]
+             for step, c in _dict(rep.get("clean")).items()]
     if clean:
         parts.append(_table(["cleaning step", "documents in", "documents out", "bytes in",
                              "bytes out"], clean, cls="num"))
-    top = rep.get("top_tokens") or []
+    tops = rep.get("top_tokens")
+    top = [_dict(t) for t in tops] if isinstance(tops, list) else []
     if top:
-        chips = " ".join(f"<code>{_e(repr(t['text']))}</code>&nbsp;{t['share']:.1%}" for t in top[:20])
+        chips = " ".join(f"<code>{_e(repr(t.get('text')))}</code>&nbsp;"
+                         f"{_num(t.get('share'), '.1%')}" for t in top[:20])
         parts.append(f"<p>Most frequent tokens: {chips}</p>")
     return "".join(parts)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    x, y = rundir.finite(a), rundir.finite(b)
+    return x / y if x is not None and y else None
 
 
 def _checkpoint_section(run: RunData) -> str:
     if not run.checkpoints:
         return "<p>No checkpoint yet.</p>"
-    rows = [[c["name"], _num(c["step"], ","), f"{c['bytes'] / 1e6:,.1f} MB", ", ".join(c["marks"])]
-            for c in run.checkpoints]
+    rows = [[c["name"], _num(c["step"], ","), _num(_ratio(c["bytes"], 1e6), ",.1f") + " MB",
+             ", ".join(c["marks"])] for c in run.checkpoints]
     return _table(["checkpoint", "step", "size", ""], rows)
 
 
@@ -348,12 +350,12 @@ def _samples_section(run: RunData) -> str:
              else "<p>No samples at the end (eval.samples=0, or the run has not finished).</p>")
     if not run.eval_samples:
         return final
-    val = {r["step"]: r for r in run.evals}
+    val = {r["step"]: r for r in run.evals if "val_loss" in r}
     during = []
     for i, rec in enumerate(reversed(run.eval_samples)):  # newest first, and open
         ev = val.get(rec["step"])
-        loss = f", val loss {ev['val_loss']:.4f}" if ev else ""
-        texts = "".join(f"<pre>{_e(t)}</pre>" for t in rec.get("texts", []))
+        loss = f", val loss {_num(ev['val_loss'], '.4f')}" if ev else ""
+        texts = "".join(f"<pre>{_e(t)}</pre>" for t in rec["texts"])
         during.append(f"<details{' open' * (i == 0)}><summary>step {rec['step']:,}{loss}"
                       f"</summary>{texts}</details>")
     return (f"{final}<p>At each evaluation (the same random draws each time, so only the "
@@ -392,10 +394,12 @@ def _page(runs: list[RunData], figures: list[tuple[str, str, bytes]]) -> str:
     note = ("<p class=sub>Losses are per token, so they compare only between runs with the "
             "same tokenizer; bits per byte compares any two.</p>" if len(runs) > 1 else "")
     where = ", ".join(str(r.path) for r in runs)
+    notes = "".join(f"<li>{_e(r.name)}: {_e(n)}</li>" for r in runs for n in r.notes)
+    notes = f"<p class=sub>Left out of this report:</p><ul>{notes}</ul>" if notes else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{_e(title)}</h1><p class=sub>{_e(where)}</p>"
+            f"<h1>{_e(title)}</h1><p class=sub>{_e(where)}</p>{notes}"
             f"{_summary(runs)}<h2>Curves</h2>{note}<div class=figs>{figs}</div>"
             f"<h2>Config</h2>{_config_section(runs)}"
             f"{_per_run(runs, 'Data', _data_section)}"
@@ -429,11 +433,18 @@ def write_report(runs: list[Path], *, out: Path | None = None) -> str:
         raise LmforgeError(f"--out {out} is a file; give a directory for report.html and its figures")
     figures = []
     for name, what, x, title, ylabel in FIGURE_SPECS:
-        png = _figure(data, what=what, x=x, title=title, ylabel=ylabel)
+        try:
+            png = _figure(data, what=what, x=x, title=title, ylabel=ylabel)
+        except (ValueError, OverflowError) as err:  # values matplotlib cannot lay out
+            data[0].notes.append(f"the figure {title} could not be drawn ({err})")
+            continue
         if png is not None:
             figures.append((name, title, png))
     (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     for name, _, png in figures:
         (out / FIGURES_DIR / f"{name}.png").write_bytes(png)
     write_text_atomic(out / REPORT_FILE, _page(data, figures))
-    return f"wrote {out / REPORT_FILE} ({len(figures)} figures, also in {out / FIGURES_DIR}/)"
+    left = sum(len(r.notes) for r in data)
+    return (f"wrote {out / REPORT_FILE} ({len(figures)} figures, also in {out / FIGURES_DIR}/)"
+            + (f"; {left} thing(s) damaged or unreadable were left out, as the page says"
+               if left else ""))

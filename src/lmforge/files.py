@@ -5,7 +5,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from lmforge.errors import DataError
 
 _CHUNK = 1 << 20
 # A write that failed for want of room: the disk, the user's quota or the file size limit.
@@ -34,3 +38,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+class DiskFull(DataError):
+    """A write failed for want of room (disk, quota, file size limit); says what was written."""
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """A write in the block that fails for want of room raises DiskFull naming `what`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise DiskFull(f"out of disk space writing {what} ({os.strerror(err.errno)})") from None

@@ -174,9 +174,14 @@ def new_run_dir(cfg: Config, *, recipe_name: str, restarting: bool = False) -> R
 
 
 def write_config(cfg: Config, run: RunDir) -> None:
+    try:
+        text = tomli_w.dumps(asdict(cfg))
+    except UnicodeEncodeError:  # a path of undecodable bytes, kept by surrogateescape
+        raise ConfigError(f"{run} (or a path in the config) is not valid UTF-8, which a "
+                          "config.toml cannot hold; choose a name of valid characters") from None
     run.path.mkdir(parents=True, exist_ok=True)
     tmp = run.path / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(tomli_w.dumps(asdict(cfg)))
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(run.config)
 
 

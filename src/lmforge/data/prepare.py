@@ -49,6 +49,7 @@ from lmforge.data.tokenizer import (
     train_tokenizer,
 )
 from lmforge.errors import DataError
+from lmforge.files import DiskFull, writing
 from lmforge.locks import DirectoryLock
 
 TOKENIZER_DIR = "tokenizer"
@@ -123,7 +124,7 @@ def _tokenizer(run: _Run, tmp: Path, spool: stages.Spool) -> Tokenizer:
 
 
 def _save_tokenizer(tok: Tokenizer, directory: Path) -> None:
-    with shards.writing("the tokenizer"):
+    with writing("the tokenizer"):
         try:
             tok.save(directory)
         except Exception as err:
@@ -135,7 +136,7 @@ def _save_tokenizer(tok: Tokenizer, directory: Path) -> None:
 
 def _copy_tokenizer(source: Path, directory: Path) -> None:
     """The given tokenizer's files, byte for byte: the same ids, the same digest."""
-    with shards.writing("the tokenizer"):
+    with writing("the tokenizer"):
         directory.mkdir()
         for path in sorted(source.iterdir()):
             if path.is_file():
@@ -181,7 +182,7 @@ def _build(run: _Run, tmp: Path, fp: str) -> dict[str, Any]:
     (tmp / "spool.jsonl").unlink()
     report = build_report(sources=src_stats, clean=clean_stats.as_dict(), splits=splits,
                           tokens=top_tokens(counts.token_counts, tok), timing=run.timing, pos=pos)
-    with shards.writing(shards.REPORT):
+    with writing(shards.REPORT):
         save_report(tmp, report)
     for line in summary_lines(report):
         run.log(line)
@@ -391,12 +392,12 @@ def _build_in_place(run: _Run, out: Path, fp: str) -> dict[str, Any]:
     directory goes and `out` is as it was."""
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
-        with shards.writing(f"the build directory {tmp.name}"):
+        with writing(f"the build directory {tmp.name}"):
             tmp.mkdir()
         with run.pool:  # its processes end before the dataset moves
             manifest = _build(run, tmp, fp)
         stages.move_into_place(tmp, out)
-    except shards.DiskFull as err:
+    except DiskFull as err:
         raise DataError(f"{err}; free space and run prepare again; nothing was changed at "
                         f"{out}") from None
     finally:

@@ -25,8 +25,8 @@ import os
 import pickle
 import stat
 from array import array
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from lmforge.data.tokenizer import BPE_FILE, META_FILE
 from lmforge.errors import DataError
-from lmforge.files import DISK_FULL, sha256_file
+from lmforge.files import sha256_file, writing
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
@@ -45,21 +45,6 @@ MARKER = "lmforge_dataset"
 CONTENTS = "contents"
 # Explicit byte order: a dataset prepared on one machine must read the same on another.
 _DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
-
-
-class DiskFull(DataError):
-    """A write failed for want of room (disk, quota, file size limit); says what was written."""
-
-
-@contextmanager
-def writing(what: str) -> Iterator[None]:
-    """A write in the block that fails for want of room raises DiskFull naming `what`."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        raise DiskFull(f"out of disk space writing {what} ({os.strerror(err.errno)})") from None
 
 
 def dtype_for(vocab_size: int) -> np.dtype:

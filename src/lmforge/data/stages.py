@@ -39,10 +39,11 @@ from lmforge.data.dedup import DedupKey, Deduplicator, dedup_key
 from lmforge.data.document import TRAIN, VAL, Document
 from lmforge.data.formats import SourceStats
 from lmforge.data.parallel import WorkerPool
-from lmforge.data.shards import ShardWriter, dtype_name, foreign_files, writing
+from lmforge.data.shards import ShardWriter, dtype_name, foreign_files
 from lmforge.data.sources import check_found
 from lmforge.data.units import BATCH_CHARS, BATCH_DOCS, Unit, batched
 from lmforge.errors import DataError
+from lmforge.files import writing
 
 # Worker-process state: the tokenizer a worker loaded, by directory (loaded once per process).
 _tokenizers: dict[str, Any] = {}

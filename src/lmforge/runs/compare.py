@@ -139,6 +139,7 @@ def train_one(name: str, cfg: Config, *, log: Callable[[str], None]) -> Row:
     from lmforge.evaluate import split_loss, summarize
     from lmforge.plan import local_plan
     from lmforge.runs.load import load_run
+    from lmforge.train.metrics import MetricsLog
     from lmforge.train.session import train_run
 
     run = RunDir(Path(cfg.run.dir))
@@ -155,7 +156,7 @@ def train_one(name: str, cfg: Config, *, log: Callable[[str], None]) -> Row:
                       block_size=cfg.model.block_size, batch_size=16, batches=0)
     log(f"{name}: full validation split, {loaded.checkpoint.name} (step {loaded.step}): loss "
         f"{loss:.4f} ({time.perf_counter() - t0:.1f}s)")
-    records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    records = MetricsLog(run.metrics).read()  # what a full disk or a crash cut short is left out
     curve = [{k: r[k] for k in ("step", "tokens", "elapsed_s", "val_loss", "val_bpb")}
              for r in records if r["kind"] == "eval"]
     return Row(recipe=name, arch=cfg.model.arch, run=str(run), params=outcome.params,

@@ -166,8 +166,7 @@ def corpora(tally: Tally, work: Path) -> None:
                  "file:///etc/passwd", "ftp://example.invalid/x"):
         run_case(tally, work, f"prepare {spec!r}", ["prepare", "--data", spec, "--out", "h-spec",
                                                     "--no-progress"])
-    (work / "afile").write_text("user data\n")
-    for out in ("afile", "afile/sub", "/proc/lmforge"):
+    for out in ("keep/afile", "keep/afile/sub", "/proc/lmforge"):
         run_case(tally, work, f"prepare --out {out}", ["prepare", "--data", "invalid.txt",
                  "--tokenizer", "char", "--out", out, "--no-progress"], keep=work / "keep")
 
@@ -316,8 +315,7 @@ def run_directories(tally: Tally, work: Path, tiny: list[str]) -> None:
     for name in ("m$\\frac{$", "$x^2$", "a b<script>"):
         run = _fresh_run(work, name, tiny)
         run_case(tally, work, f"report of run {name!r}", ["report", run])
-    (work / "runfile").write_text("user data\n")
-    for target in ("runfile", "runfile/sub"):
+    for target in ("keep/afile", "keep/afile/sub"):
         run_case(tally, work, f"train --run.dir={target}", ["train", *tiny,
                  "--train.max_steps=2", f"--run.dir={target}"], keep=work / "keep")
 
@@ -410,7 +408,7 @@ def arguments(tally: Tally, work: Path, tiny: list[str]) -> None:
         ["eval", run, "--batches", "100000000000"], ["eval", run, "--batch-size", str(2**40)],
         ["eval", run, "--split", "nope"], ["eval", run, "--checkpoint", "best"],
         ["eval", run, "--data", "nowhere"], ["export", run, "--out", run],
-        ["report", run, "--out", work / "afile"], ["bench", "--steps", "0"],
+        ["report", run, "--out", work / "keep" / "afile"], ["bench", "--steps", "0"],
         ["compare", "--data", "data", "--tokens", "-1"], ["verify-resume", "--steps", "1"],
         ["train", "--nproc", "0"], ["train", "nope-recipe"], ["train", "--resume", run, "x"],
     ]
@@ -501,8 +499,9 @@ def stopped_during_startup(tally: Tally, work: Path, tiny: list[str]) -> None:
 def hostile_suite(work: Path, tiny: list[str]) -> Tally:
     """Every class, in `work` (which holds a prepared dataset in data/)."""
     tally = Tally()
-    (work / "keep").mkdir(exist_ok=True)
+    (work / "keep").mkdir(exist_ok=True)  # a user's files: every case must leave them be
     (work / "keep" / "diary.txt").write_text("a user's file\n")
+    (work / "keep" / "afile").write_text("user data\n")
     for part in (config_fields, corpora, user_directories):
         part(tally, work)
     for part_tiny in (checkpoints, run_directories, datasets, model_directories, arguments,

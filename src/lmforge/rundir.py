@@ -159,6 +159,11 @@ def new_run_dir(cfg: Config, *, recipe_name: str, restarting: bool = False) -> R
     runs/<recipe> is numbered (-2, -3, …) instead, so no earlier run is ever overwritten."""
     if cfg.run.dir:
         run = RunDir(Path(cfg.run.dir))
+        blocking = next((p for p in (run.path, *run.path.parents)
+                         if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            where = "is a file" if blocking == run.path else f"lies under the file {blocking}"
+            raise ConfigError(f"run.dir {run} {where}; choose a directory for the run")
         if restarting and not run.has_checkpoint():
             return run
         if run.holds_run():

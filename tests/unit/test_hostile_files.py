@@ -269,3 +269,25 @@ def test_an_unreadable_file_or_directory_is_one_line(shared_dir):
     os.chmod(corpus / "sub", 0)
     result = as_nobody(lambda: list(iter_documents(str(corpus))))
     assert re.fullmatch(r"DataError: cannot read \S*sub \(Permission denied\); .*", result), result
+
+
+def test_a_run_dir_that_is_a_file_or_lies_under_one_is_one_line(tmp_path):
+    from lmforge.config import load_config
+    from lmforge.rundir import new_run_dir
+
+    (tmp_path / "afile").write_text("a user's file")
+    for target, where in (("afile", "is a file"), ("afile/sub", "lies under the file")):
+        cfg = load_config("default", {"run.dir": str(tmp_path / target)})
+        with pytest.raises(ConfigError, match=f"run.dir .*{target} {where}"):
+            new_run_dir(cfg, recipe_name="default")
+    assert (tmp_path / "afile").read_text() == "a user's file"
+
+
+@pytest.mark.parametrize("spec, message", [("hf:", "hf: needs a dataset's name"),
+                                           ("hf:/", "hf: needs a dataset's name"),
+                                           ("nltk:", "nltk: needs a corpus's name")])
+def test_a_remote_source_without_a_name_is_one_line(spec, message):
+    from lmforge.data.sources import iter_documents
+
+    with pytest.raises(DataError, match=message):
+        list(iter_documents(spec))

@@ -253,6 +253,9 @@ def _hf_document(name: str, split: str, index: int, row: dict[str, Any], field: 
 
 def iter_hf(name: str, config: str | None, options: SourceOptions) -> Iterator[Document]:
     """Rows of a Hugging Face dataset (a hub name or a local directory), streamed."""
+    if not name.strip("/"):
+        raise DataError("hf: needs a dataset's name after it, like hf:wikitext:"
+                        "wikitext-2-raw-v1, or a local dataset directory")
     datasets = _import_datasets()
     # Streaming fetches as it goes, so loading and reading can both fail on the network or
     # on a malformed file (pyarrow raises ValueErrors).
@@ -334,6 +337,8 @@ def _reuters_split(fileid: str) -> str:
 
 def iter_nltk(name: str, options: SourceOptions) -> Iterator[Document]:
     """Every file of an NLTK corpus, read through NLTK's own reader, in fileid order."""
+    if not name:
+        raise DataError("nltk: needs a corpus's name after it, like nltk:reuters or nltk:gutenberg")
     if name == "reuters" and options.split not in ("", "modapte"):
         raise DataError(f"nltk:reuters knows the split 'modapte', not {options.split!r}")
     corpus = _nltk_corpus(name)

@@ -272,7 +272,6 @@ def test_an_unreadable_file_or_directory_is_one_line(shared_dir):
 
 
 def test_a_run_dir_that_is_a_file_or_lies_under_one_is_one_line(tmp_path):
-    from lmforge.config import load_config
     from lmforge.rundir import new_run_dir
 
     (tmp_path / "afile").write_text("a user's file")
@@ -287,7 +286,5 @@ def test_a_run_dir_that_is_a_file_or_lies_under_one_is_one_line(tmp_path):
                                            ("hf:/", "hf: needs a dataset's name"),
                                            ("nltk:", "nltk: needs a corpus's name")])
 def test_a_remote_source_without_a_name_is_one_line(spec, message):
-    from lmforge.data.sources import iter_documents
-
     with pytest.raises(DataError, match=message):
         list(iter_documents(spec))

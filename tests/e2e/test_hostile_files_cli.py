@@ -125,6 +125,16 @@ def test_prepare_refuses_a_file_it_may_not_read(tmp_path):
                                "--out", "o", "--tokenizer", "byte", "--no-progress"],
                               cwd=shared, capture_output=True, text=True, env=env, timeout=300)
         failed(proc, "prepare", "cannot read d/b.txt (Permission denied); make it readable")
+        # and a directory it may not write into: the lock beside --out is where it finds out
+        (shared / "ro").mkdir(mode=0o755)
+        (shared / "ro" / "a.txt").write_text("readable")
+        for argv, verb in ((["prepare", "--data", "ro/a.txt", "--out", "ro/out", "--tokenizer",
+                             "byte", "--no-progress"], "prepare"),
+                           (["train", "--run.dir=ro/run", "--data.path=nowhere",
+                             "--data.source="], "train")):
+            proc = subprocess.run([*nobody, sys.executable, "-m", "lmforge", *argv], cwd=shared,
+                                  capture_output=True, text=True, env=env, timeout=300)
+            failed(proc, verb, "ro is writable")
     finally:
         os.chmod(shared / "d" / "b.txt", 0o644)
         shutil.rmtree(shared)

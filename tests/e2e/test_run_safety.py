@@ -7,6 +7,7 @@ import subprocess
 import pytest
 from helpers import (
     QUIET,
+    STDLIB,
     TINY_MODEL,
     command,
     environment,
@@ -145,3 +146,15 @@ def test_a_second_process_on_a_run_that_is_training_is_refused(work):
         first.communicate(timeout=120)
     assert first.returncode == 143  # stopped by the SIGTERM above, saved
     lmforge("train", "--resume", "runs/busy", "--train.max_steps=40", cwd=work, threads=1)
+
+
+def test_resuming_on_another_dataset_with_the_same_tokenizer_says_so(work):
+    shutil.copytree(work / "runs" / "straight", work / "runs" / "moved")
+    (work / "runs" / "moved" / "checkpoints" / "latest").write_text("step_00000020\n")
+    lmforge("prepare", "--data", str(STDLIB / "json" / "decoder.py"), "--tokenizer-from",
+            "runs/moved", "--out", "data/decoder", cwd=work)
+    proc = lmforge("train", "--resume", "runs/moved", "--data.path=data/decoder", cwd=work,
+                   threads=1)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert len(said) == 1 and "continues on data/decoder, not on the dataset it was trained " \
+        "on" in said[0] and "data/json" in said[0]

@@ -49,7 +49,6 @@ from lmforge.files import DISK_FULL, sha256_file
 from lmforge.rundir import WEIGHTS_FILE, RunDir, checkpoint_name
 
 STATE_DIR = "state"
-_DAMAGED = "corrupt-"  # a damaged checkpoint set aside: not a step_ name, so never pruned
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 
@@ -315,10 +314,7 @@ def set_aside_damaged(run: RunDir, *, resume_from: Path) -> list[tuple[str, Path
 
 
 def _set_aside(run: RunDir, name: str) -> Path:
-    dest, n = run.checkpoints / f"{_DAMAGED}{name}", 1
-    while dest.exists():
-        n += 1
-        dest = run.checkpoints / f"{_DAMAGED}{name}-{n}"
+    dest = run.set_aside(name)
     os.rename(run.checkpoints / name, dest)
     for pointer in ("latest", "best"):
         if run.pointer("latest" if pointer == "latest" else "best") == name:

@@ -14,8 +14,10 @@
     RUN/checkpoints/       step_NNNNNNNN/ directories (see checkpoint.py), and the pointers
                            `latest` and `best`, each a file holding a checkpoint's name
 
-Pointers are replaced atomically, and a checkpoint being written lives under a temporary
-name (`.tmp-step_NNNNNNNN`) until it is complete.
+Pointers are replaced atomically, a checkpoint being written lives under a temporary name
+(`.tmp-step_NNNNNNNN`) until it is complete, and a damaged one found on resume is moved
+aside to `corrupt-step_NNNNNNNN`, kept. Beside the run directory, `.NAME.lock` marks the
+process that trains it (lmforge.locks).
 
 The lenient readers at the end are for what shows a run that may still be writing, or whose
 files were damaged (the report): they never raise for what a file holds, and say what they
@@ -43,6 +45,7 @@ REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 _CHECKPOINT_PREFIX = "step_"
 _PARTIAL_PREFIX = ".tmp-"
+_DAMAGED_PREFIX = "corrupt-"
 
 Pointer = Literal["latest", "best"]
 
@@ -121,6 +124,15 @@ class RunDir:
     def partials(self) -> list[Path]:
         """What interrupted writes left behind."""
         return sorted(self.checkpoints.glob(f"{_PARTIAL_PREFIX}*"))
+
+    def set_aside(self, name: str) -> Path:
+        """A free place for damaged checkpoint `name`, kept for inspection: corrupt-NAME
+        (-2, -3, … when taken), not a step_ name, so never loaded or pruned."""
+        path, n = self.checkpoints / f"{_DAMAGED_PREFIX}{name}", 1
+        while path.exists():
+            n += 1
+            path = self.checkpoints / f"{_DAMAGED_PREFIX}{name}-{n}"
+        return path
 
     def checkpoint_names(self) -> list[str]:
         """The names of the checkpoint directories, oldest first (complete or not)."""

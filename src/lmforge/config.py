@@ -133,11 +133,44 @@ class ModelConfig:
                               "tanh approximation (HF's gelu_new), or SwiGLU (Llama).",
                       choices=("gelu", "gelu_tanh", "swiglu"))
     mlp_ratio: float = option(4.0, "Hidden width of the feed-forward block, as a multiple of n_embd.")
+    mlp_hidden: int = option(0, "Hidden width of the feed-forward block in units (Hugging Face's "
+                                "intermediate_size); 0: from model.mlp_ratio (for SwiGLU 2/3 of "
+                                "it, rounded up to a multiple of 8).")
+    n_kv_head: int = option(0, "Key/value heads (grouped-query attention: each serves "
+                               "n_head / n_kv_head query heads; 1 is multi-query); must divide "
+                               "model.n_head. 0: model.n_head.")
+    head_dim: int = option(0, "Width of each attention head; 0: n_embd / n_head.")
+    qkv_bias: bool = option(False, "Biases on the query, key and value projections, whatever "
+                                   "model.bias says (Qwen2).")
+    norm_eps: float = option(1e-5, "Epsilon of the norms (Llama 2 uses 1e-5, Llama 3 and Qwen2 "
+                                   "1e-6, SmolLM2 1e-5).")
     pos: str = option("learned", "Position encoding: learned embeddings (GPT-2) or rotary (Llama).",
                       choices=("learned", "rope"))
     rope_theta: float = option(10000.0, "Base of the rotary frequencies (model.pos=rope).")
+    rope_scaling: str = option("none", "How the rotary frequencies are stretched for long "
+                                       "contexts: none, linear (positions divided by "
+                                       "model.rope_factor) or llama3 (Llama 3.1's per-frequency "
+                                       "scaling).", choices=("none", "linear", "llama3"))
+    rope_factor: float = option(1.0, "The stretch of model.rope_scaling (8 for Llama 3.1, 32 for "
+                                     "Llama 3.2).")
+    rope_low_freq_factor: float = option(1.0, "llama3 scaling: wavelengths beyond "
+                                              "original_context / this are scaled fully.")
+    rope_high_freq_factor: float = option(4.0, "llama3 scaling: wavelengths below "
+                                               "original_context / this are kept.")
+    rope_original_context: int = option(8192, "llama3 scaling: the context the model was "
+                                              "pre-trained at.")
     tie_embeddings: bool = option(True, "Share the token embedding with the output layer.")
     vocab_size: int = option(0, "Vocabulary size; 0 takes it from the dataset's tokenizer.")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: model.n_kv_head, or one per query head."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_size(self) -> int:
+        """Width of one attention head: model.head_dim, or n_embd / n_head."""
+        return self.head_dim or self.n_embd // self.n_head
 
 
 @dataclass
@@ -177,8 +210,6 @@ class TrainConfig:
     record_samples: bool = option(False, "Write the start of every window each rank trains on "
                                          "to samples-rankN.jsonl in the run directory, to audit "
                                          "data order.")
-    tensorboard: bool = option(True, "Write TensorBoard event files into RUN/tb/ "
-                                     "(`tensorboard --logdir runs/` shows every run).")
     report: bool = option(True, "Write RUN/report.html (figures, config, data, samples, "
                                 "checkpoints) when training ends; `lmforge report RUN` redoes it.")
     peak_tflops: float = option(0.0, "Peak TFLOP/s of one device, for model FLOPs utilization "
@@ -227,6 +258,49 @@ class ParallelConfig:
                                      "stops with an error (a dead or stuck process).")
 
 
+# The modules of a Transformer block that LoRA may adapt: attention's projections, the GELU
+# MLP's (c_fc, c_proj) and SwiGLU's (w1, w3, c_proj), as models/layers.py names them.
+LORA_TARGETS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.c_proj", "mlp.c_fc",
+                "mlp.w1", "mlp.w3", "mlp.c_proj")
+
+
+@dataclass
+class LoraConfig:
+    r: int = option(0, "Rank of the LoRA adapters (low-rank updates trained on a frozen base, "
+                       "through peft); 0: off, every weight trains.")
+    alpha: float = option(16.0, "LoRA scaling: an adapter's update is multiplied by alpha / r.")
+    dropout: float = option(0.0, "Dropout on the input of each adapter.")
+    targets: str = option(",".join(LORA_TARGETS), "Comma-separated modules of each block that "
+                          "get adapters; names this model lacks (mlp.w1 in a GELU MLP) are "
+                          f"skipped. Any of {', '.join(LORA_TARGETS)}.")
+
+    @property
+    def target_list(self) -> list[str]:
+        """lora.targets as names, in the order given, without blanks or repeats."""
+        names = [t.strip() for t in self.targets.split(",") if t.strip()]
+        return list(dict.fromkeys(names))
+
+
+# The experiment trackers log.to may name → the pip command that installs each.
+TRACKERS = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb",
+            "mlflow": "pip install mlflow-skinny"}
+_TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+@dataclass
+class LogConfig:
+    to: str = option("tensorboard", "Comma-separated experiment trackers that get the config "
+                     "and the run's scalars (rank 0 only): tensorboard (RUN/tb/), wandb "
+                     "(offline unless WANDB_MODE says otherwise), mlflow (RUN/mlruns unless "
+                     "MLFLOW_TRACKING_URI is set); empty or none: no tracker.")
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """log.to as names, in the order given, without blanks, repeats or 'none'."""
+        names = [t.strip() for t in self.to.split(",") if t.strip() not in ("", "none")]
+        return tuple(dict.fromkeys(names))
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -239,6 +313,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
@@ -283,6 +359,9 @@ def _suggest(key: str) -> str:
 def coerce(key: str, value: Any, *, from_text: bool = True) -> Any:
     """Check `value` for field `key`; strings from the command line are converted
     (`from_text`), values from a TOML file must already have the right type."""
+    if key == "train.tensorboard":
+        raise ConfigError("train.tensorboard is now log.to: --log.to=tensorboard (the default), "
+                          "--log.to=tensorboard,wandb,mlflow, or --log.to=none for no tracker")
     if key not in _FIELDS:
         raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
     info = _FIELDS[key]
@@ -329,8 +408,18 @@ def from_dict(tree: dict[str, Any], *, base: Config | None = None, origin: str =
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: '{section}' must be a table like [{section}]")
         for name, value in values.items():
+            if f"{section}.{name}" == "train.tensorboard":  # a run saved before [log] existed
+                _legacy_tensorboard(cfg, value)
+                continue
             set_value(cfg, f"{section}.{name}", value, from_text=False)
     return cfg
+
+
+def _legacy_tensorboard(cfg: Config, value: Any) -> None:
+    """train.tensorboard of an old run's config.toml, as log.to: false drops tensorboard, so
+    the run resumes (and is evaluated, exported) as it was trained."""
+    if value is False:
+        cfg.log.to = ",".join(t for t in cfg.log.trackers if t != "tensorboard")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -365,15 +454,26 @@ def validate(cfg: Config) -> None:
     data_sections = ("data", "tokenizer", "clean")  # validate_data checks those
     _check_fields(**{s: getattr(cfg, s) for s in SECTIONS if s not in data_sections})
     m = cfg.model
-    if m.n_embd % m.n_head:
+    if m.n_embd % m.n_head and not m.head_dim:
         raise ConfigError(f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; "
-                          "pick sizes where it is")
-    if m.pos == "rope" and (m.n_embd // m.n_head) % 2:
-        raise ConfigError("model.pos=rope needs an even head size (model.n_embd / model.n_head)")
-    if int(m.n_embd * m.mlp_ratio) < 1:
+                          "pick sizes where it is, or set model.head_dim")
+    if m.n_head % m.kv_heads:
+        raise ConfigError(f"model.n_kv_head={m.n_kv_head} does not divide model.n_head="
+                          f"{m.n_head}: each key/value head serves the same number of query "
+                          "heads; pick a divisor (1 is multi-query attention)")
+    if m.pos == "rope" and m.head_size % 2:
+        raise ConfigError(f"model.pos=rope needs an even head size, not {m.head_size} "
+                          "(model.head_dim, or model.n_embd / model.n_head)")
+    if m.rope_scaling == "llama3" and m.rope_low_freq_factor >= m.rope_high_freq_factor:
+        raise ConfigError(f"model.rope_low_freq_factor={m.rope_low_freq_factor:g} must be below "
+                          f"model.rope_high_freq_factor={m.rope_high_freq_factor:g} (Llama 3 uses "
+                          "1 and 4)")
+    if not m.mlp_hidden and int(m.n_embd * m.mlp_ratio) < 1:
         raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} gives an MLP of "
                           f"{m.n_embd * m.mlp_ratio:g} units; use a ratio such as 4 "
                           "(above 0, at most 1024)")
+    validate_lora(cfg)
+    validate_log(cfg.log)
     validate_data(cfg.data, cfg.tokenizer, cfg.clean)
     t, e = cfg.train, cfg.eval
     eval_batch = e.batch_size or t.batch_size
@@ -381,6 +481,46 @@ def validate(cfg: Config) -> None:
                   eval_batch=eval_batch)
     check_sizes(m, vocab=model_vocab(cfg), train_batch=t.batch_size, eval_batch=eval_batch,
                 samples=max(e.samples, e.samples_at_eval))
+
+
+def validate_lora(cfg: Config) -> None:
+    """lora.targets names modules that exist, and LoRA is asked of a model and a strategy it
+    works with (adapters wrap a block's linear layers, which tensor parallelism splits)."""
+    lora = cfg.lora
+    unknown = [t for t in lora.target_list if t not in LORA_TARGETS]
+    if unknown or not lora.target_list:
+        what = f"unknown module {unknown[0]!r}" if unknown else "no module named"
+        raise ConfigError(f"lora.targets: {what}; choose from {', '.join(LORA_TARGETS)}")
+    if not lora.r:
+        return
+    if cfg.model.arch != "gpt":
+        raise ConfigError(f"lora.r={lora.r}: LoRA adapts a Transformer's linear layers, and "
+                          f"model.arch={cfg.model.arch} has none; fine-tune it fully (lora.r=0)")
+    if cfg.parallel.strategy in ("tp", "fsdp+tp"):
+        raise ConfigError(f"lora.r={lora.r} with parallel.strategy={cfg.parallel.strategy}: "
+                          "tensor parallelism cannot split the adapters' layers; use ddp or fsdp")
+
+
+def validate_log(log: LogConfig) -> None:
+    """log.to names trackers lmforge knows."""
+    for name in log.trackers:
+        if name not in TRACKERS:
+            near = difflib.get_close_matches(name, list(TRACKERS), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ConfigError(f"log.to: '{name}' is not a tracker; choose from "
+                              f"{', '.join(TRACKERS)} (comma-separated) or none{hint}")
+
+
+def require_trackers(log: LogConfig) -> None:
+    """Each tracker of log.to importable here: one line with the pip command when not, before
+    a run directory is made (find_spec imports nothing)."""
+    import importlib.util
+
+    for name in log.trackers:
+        if importlib.util.find_spec(_TRACKER_MODULES[name]) is None:
+            raise ConfigError(f"log.to names {name}, which is not installed; "
+                              f"`{TRACKERS[name]}` (or `pip install 'lmforge[trackers]'`), or "
+                              "leave it out of log.to")
 
 
 def model_vocab(cfg: Config) -> int:

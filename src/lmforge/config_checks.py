@@ -89,6 +89,18 @@ BOUNDS: dict[str, Range] = {
                                       "1 they stop falling with i; GPT-NeoX and Llama use "
                                       "10000 or 500000",
                               why="far past any model's; long-context ones use up to 1e8"),
+    "model.mlp_hidden": Range(0, 2**20, zero="from model.mlp_ratio",
+                              why="16 times the widest large models' feed-forward blocks"),
+    "model.n_kv_head": Range(0, 1024, zero="model.n_head", why="it is at most model.n_head"),
+    "model.head_dim": Range(0, 2**12, zero="n_embd / n_head",
+                            why="16 times the widest heads of large models, 256"),
+    "model.norm_eps": Range(0.0, 1.0, open_low=True, low_why="a norm without epsilon divides "
+                            "by zero on a zero vector", why="an epsilon this large swamps the norm"),
+    "model.rope_factor": Range(1.0, 1e6, why="far past any model's; Llama 3.2 uses 32"),
+    "model.rope_low_freq_factor": Range(0.0, 1e6, open_low=True),
+    "model.rope_high_freq_factor": Range(0.0, 1e6, open_low=True),
+    "model.rope_original_context": Range(1, 2**24, why="more positions than any model was "
+                                                       "pre-trained at"),
     "model.vocab_size": Range(0, MAX_VOCAB, zero="take it from the dataset's tokenizer",
                               why="more than every Unicode code point"),
     "optim.lr": Range(0.0, open_low=True, low_why="a learning rate of 0 never trains"),
@@ -129,6 +141,11 @@ BOUNDS: dict[str, Range] = {
                          why="it splits heads, and model.n_head is at most 1024"),
     "parallel.timeout_s": Range(0.0, 7 * 24 * 3600.0, open_low=True,
                                 why="a peer silent for a week is dead"),
+    "lora.r": Range(0, 4096, zero="off: every weight trains",
+                    why="an adapter of that rank is as large as the widest layers it adapts"),
+    "lora.alpha": Range(0.0, 1e6, open_low=True, low_why="a scale of 0 switches the adapters off",
+                        why="r to 2 r is usual"),
+    "lora.dropout": Range(0.0, 1.0, open_high=True, why="a dropout of 1 drops everything"),
 }
 
 
@@ -186,6 +203,14 @@ class ModelShape(Protocol):
     vocab_size: int
     mlp: str
     mlp_ratio: float
+    mlp_hidden: int
+    qkv_bias: bool
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def head_size(self) -> int: ...
     pos: str
     norm: str
     bias: bool
@@ -197,6 +222,8 @@ _GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight matrices per recurrent layer
 
 def mlp_hidden(m: ModelShape) -> int:
     """The feed-forward block's hidden width (models/layers.py: MLP and SwiGLU)."""
+    if m.mlp_hidden:
+        return m.mlp_hidden
     if m.mlp == "swiglu":
         return 8 * math.ceil(int(m.mlp_ratio * m.n_embd * 2 / 3) / 8)
     return int(m.mlp_ratio * m.n_embd)
@@ -214,7 +241,10 @@ def model_params(m: ModelShape, vocab: int | None = None) -> int:
     h = mlp_hidden(m)
     norm = c * (2 if m.norm == "layernorm" and bias else 1)
     mlp = 3 * c * h + (2 * h + c) * bias if m.mlp == "swiglu" else 2 * c * h + (h + c) * bias
-    block = 4 * c * c + 4 * c * bias + mlp + 2 * norm
+    q = m.n_head * m.head_size  # query and output width; keys and values have kv_heads
+    kv = m.kv_heads * m.head_size
+    attn = 2 * c * q + 2 * c * kv + (q + 2 * kv) * int(bias or m.qkv_bias) + c * bias
+    block = attn + mlp + 2 * norm
     positions = m.block_size * c if m.pos == "learned" else 0
     return v * c + positions + layers * block + norm + head
 

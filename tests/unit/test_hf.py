@@ -240,16 +240,17 @@ LLAMA = dict(model_type="llama", hidden_size=64, num_attention_heads=4, intermed
 
 
 @pytest.mark.parametrize("config, what", [
-    (dict(model_type="mistral"), "model_type='mistral'"),
-    (dict(LLAMA, num_key_value_heads=2), "grouped-query attention"),
-    (dict(LLAMA, rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope scaling 'linear'"),
-    (dict(LLAMA, rope_parameters={"rope_type": "llama3", "rope_theta": 1e4}), "rope scaling 'llama3'"),
+    (dict(model_type="falcon"), "model_type='falcon'"),
+    (dict(LLAMA, num_key_value_heads=3), "num_key_value_heads=3 does not divide"),
+    (dict(LLAMA, rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope scaling 'yarn'"),
+    (dict(LLAMA, rope_parameters={"rope_type": "llama3", "rope_theta": 1e4}),
+     "rope scaling 'llama3' without its factor"),
+    (dict(LLAMA, partial_rotary_factor=0.5), "partial_rotary_factor"),
     (dict(LLAMA, attention_bias=True), "attention_bias=True but mlp_bias=False"),
     (dict(LLAMA, hidden_act="gelu"), "hidden_act=gelu"),
-    (dict(LLAMA, rms_norm_eps=1e-6), "rms_norm_eps=1e-06"),
-    (dict(LLAMA, intermediate_size=170), "intermediate_size=170"),
+    (dict(LLAMA, rms_norm_eps=0), "rms_norm_eps=0"),
+    (dict(LLAMA, hidden_size=66, num_attention_heads=4), "no head_dim"),
     (dict(model_type="gpt2", activation_function="relu"), "activation_function=relu"),
-    (dict(model_type="gpt2", layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
     (dict(model_type="gpt2", scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
 ])
 def test_unsupported_hf_models_are_refused(tmp_path, config, what):

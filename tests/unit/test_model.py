@@ -66,13 +66,13 @@ def test_attention_matches_float64_reference(pos):
     attn = CausalSelfAttention(cfg).eval()
     x = torch.randn(2, 9, 32)
     theta = 10000.0 if pos == "rope" else None
-    rope = rope_tables(8, 9, theta=theta) if theta else None
+    rope = rope_tables(cfg, 9) if theta else None
     ref = reference_attention(attn, x, rope_theta=theta)
 
     out32 = attn(x, rope=rope)
     assert (out32.double() - ref).abs().max() < 1e-5
     attn64 = attn.double()
-    rope64 = rope_tables(8, 9, theta=theta, dtype=torch.float64) if theta else None
+    rope64 = rope_tables(cfg, 9, dtype=torch.float64) if theta else None
     out64 = attn64(x.double(), rope=rope64)
     torch.testing.assert_close(out64, ref, rtol=0, atol=1e-12)
 

@@ -13,6 +13,7 @@ from safetensors.torch import save_file, save_model
 from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
+from lmforge.config_checks import mlp_hidden
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.interop.hf_layout import (
     CLASSES,
@@ -24,7 +25,18 @@ from lmforge.interop.hf_layout import (
     write_json,
 )
 from lmforge.interop.hf_tokenizer import write_hf_tokenizer
-from lmforge.models.layers import NORM_EPS, swiglu_hidden
+
+
+def _rope_config(cfg: ModelConfig) -> dict | None:
+    """rope_scaling as transformers reads it (both its 4 and 5 readers take this form)."""
+    if cfg.rope_scaling == "none":
+        return None
+    scaling = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_factor}
+    if cfg.rope_scaling == "llama3":
+        scaling.update(low_freq_factor=cfg.rope_low_freq_factor,
+                       high_freq_factor=cfg.rope_high_freq_factor,
+                       original_max_position_embeddings=cfg.rope_original_context)
+    return scaling
 
 
 def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, dtype: torch.dtype) -> dict:
@@ -34,20 +46,22 @@ def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, dtype: torc
               "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
     if family == "gpt2":
         return {**common, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-                "n_positions": cfg.block_size, "n_inner": int(cfg.mlp_ratio * cfg.n_embd),
+                "n_positions": cfg.block_size, "n_inner": mlp_hidden(cfg),
                 "activation_function": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
-                "layer_norm_epsilon": NORM_EPS,
+                "layer_norm_epsilon": cfg.norm_eps,
                 "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                 "reorder_and_upcast_attn": False}
-    return {**common, "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
-            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_head,
-            "head_dim": cfg.n_embd // cfg.n_head,
-            "intermediate_size": swiglu_hidden(cfg.n_embd, cfg.mlp_ratio),
-            "max_position_embeddings": cfg.block_size, "hidden_act": "silu",
-            "rms_norm_eps": NORM_EPS, "rope_theta": cfg.rope_theta, "rope_scaling": None,
-            "attention_bias": cfg.bias, "mlp_bias": cfg.bias,
-            "attention_dropout": cfg.dropout, "pretraining_tp": 1}
+    llama = {**common, "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.kv_heads,
+             "head_dim": cfg.head_size, "intermediate_size": mlp_hidden(cfg),
+             "max_position_embeddings": cfg.block_size, "hidden_act": "silu",
+             "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+             "rope_scaling": _rope_config(cfg), "attention_dropout": cfg.dropout}
+    if family == "qwen2":  # q/k/v biases are built in; no sliding window
+        return {**llama, "use_sliding_window": False, "sliding_window": None,
+                "max_window_layers": cfg.n_layer}
+    return {**llama, "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "pretraining_tp": 1}
 
 
 def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig, family: str) -> dict[str, Tensor]:

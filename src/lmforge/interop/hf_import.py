@@ -26,7 +26,9 @@ from lmforge.config import Config, ModelConfig, coerce, validate
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.interop.hf_layout import (
     BUFFERS,
+    CLASSES,
     GELUS,
+    LLAMA_LAYOUT,
     WEIGHTS,
     is_conv1d,
     pairs,
@@ -34,7 +36,7 @@ from lmforge.interop.hf_layout import (
     read_json,
     weight_files,
 )
-from lmforge.models.layers import NORM_EPS, swiglu_hidden
+from lmforge.models.layers import swiglu_hidden
 
 _MAX_SIZE = 2**31 - 1  # layers, heads, width, vocabulary: beyond, torch's indices overflow
 _MAX_CONTEXT = 2**22  # positions: rope tables for more take gigabytes before any weight loads
@@ -155,8 +157,11 @@ def _refuse(what: str) -> ConfigError:
     return ConfigError(f"cannot import into lmforge's GPT: {what}")
 
 
-def _eps_ok(c: _Fields, key: str, default: float) -> bool:
-    return math.isclose(c.number(key, default), NORM_EPS, rel_tol=1e-6)
+def _norm_eps(c: _Fields, key: str, default: float) -> float:
+    eps = c.number(key, default)
+    if not 0 < eps < 1:
+        raise _refuse(f"{key}={eps:g} is not an epsilon in (0, 1); the file is damaged")
+    return eps
 
 
 def _gpt2_config(c: _Fields) -> ModelConfig:
@@ -164,9 +169,6 @@ def _gpt2_config(c: _Fields) -> ModelConfig:
     if not isinstance(act, str) or act not in GELUS:
         raise _refuse(f"activation_function={act}, lmforge's MLP computes GELU, exact (gelu) "
                       "or in GPT-2's tanh form (gelu_new)")
-    if not _eps_ok(c, "layer_norm_epsilon", 1e-5):
-        raise _refuse(f"layer_norm_epsilon={c.get('layer_norm_epsilon')}, lmforge's LayerNorm "
-                      f"uses {NORM_EPS}")
     for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                       ("add_cross_attention", False)):
         if c.get(key, want) != want:
@@ -176,67 +178,97 @@ def _gpt2_config(c: _Fields) -> ModelConfig:
     cfg = ModelConfig(arch="gpt", n_layer=c.size("n_layer", 12), n_head=c.size("n_head", 12),
                       n_embd=n_embd, block_size=c.size("n_positions", 1024, _MAX_CONTEXT),
                       bias=True, norm="layernorm", mlp=GELUS[act], pos="learned",
+                      norm_eps=_norm_eps(c, "layer_norm_epsilon", 1e-5),
                       mlp_ratio=n_inner / n_embd,
                       tie_embeddings=c.flag("tie_word_embeddings", True),
                       vocab_size=c.size("vocab_size", 50257))
     if int(cfg.mlp_ratio * n_embd) != n_inner:
-        raise _refuse(f"n_inner={n_inner} is not a width lmforge's mlp_ratio can express")
+        cfg.mlp_ratio, cfg.mlp_hidden = 4.0, n_inner
     return cfg
 
 
-def _rope_theta(c: _Fields) -> float:
-    """rope_theta from a transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters) config."""
+# rope_scaling kinds → what each needs from its object (transformers' names)
+_ROPE_KINDS = {"default": (), "linear": ("factor",),
+               "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                          "original_max_position_embeddings")}
+
+
+def _rope_fields(c: _Fields) -> dict[str, Any]:
+    """model.rope_* from a transformers 4 (rope_theta, rope_scaling) or 5 (rope_parameters)
+    config: the base, and the llama3 or linear stretch of the frequencies."""
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     if not isinstance(rope, dict):
         raise _refuse(f"rope_scaling={_short(rope)} is not an object; the file is damaged")
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise _refuse(f"rope scaling {_short(repr(kind))} changes the rotary frequencies; lmforge "
-                      "has plain rope only")
+    if kind not in _ROPE_KINDS:
+        raise _refuse(f"rope scaling {_short(repr(kind))}; lmforge computes the default, linear "
+                      "and llama3 kinds")
     if c.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0)) != 1.0:
         raise _refuse("partial_rotary_factor != 1; lmforge rotates every dimension of a head")
-    return _Fields(rope, c.path).number("rope_theta", c.number("rope_theta", 10000.0))
+    r = _Fields(rope, c.path)
+    for key in _ROPE_KINDS[kind]:
+        if key not in rope:
+            raise _refuse(f"rope scaling '{kind}' without its {key}; the file is damaged")
+    fields: dict[str, Any] = {"rope_theta": r.number("rope_theta", c.number("rope_theta", 10000.0))}
+    if kind != "default":
+        fields.update(rope_scaling=kind, rope_factor=r.number("factor", 1.0))
+    if kind == "llama3":
+        fields.update(rope_low_freq_factor=r.number("low_freq_factor", 1.0),
+                      rope_high_freq_factor=r.number("high_freq_factor", 4.0),
+                      rope_original_context=r.size("original_max_position_embeddings", 8192))
+    return fields
 
 
-def _swiglu_ratio(hidden: int, n_embd: int) -> float:
-    """The simplest mlp_ratio (fewest binary digits) that gives SwiGLU width `hidden`: lmforge
-    rounds the width up to a multiple of 8, so several ratios do, and 4.0 reads better than 4.125."""
-    exact = hidden * 3 / (2 * n_embd)
-    for denominator in (2 ** k for k in range(21)):
-        for ratio in (math.floor(exact * denominator) / denominator, math.ceil(exact * denominator) / denominator):
-            if ratio > 0 and swiglu_hidden(n_embd, ratio) == hidden:
-                return ratio
-    return exact  # no ratio fits; the caller reports the width
+def _swiglu_width(hidden: int, n_embd: int) -> dict[str, Any]:
+    """mlp_ratio 4 when it gives SwiGLU width `hidden` (lmforge's own Llama shape), else the
+    width itself as mlp_hidden."""
+    return {"mlp_ratio": 4.0} if swiglu_hidden(n_embd, 4.0) == hidden else {"mlp_hidden": hidden}
 
 
-def _llama_config(c: _Fields) -> ModelConfig:
-    n_embd, n_head = c.size("hidden_size", 4096), c.size("num_attention_heads", 32)
-    if c.get("hidden_act", "silu") != "silu":
-        raise _refuse(f"hidden_act={_short(c.get('hidden_act'))}, lmforge's SwiGLU uses silu")
-    kv = c.size("num_key_value_heads", n_head)
-    if kv != n_head:
-        raise _refuse(f"num_key_value_heads={kv} != num_attention_heads={n_head} "
-                      "(grouped-query attention), which lmforge's attention does not support")
-    if c.size("head_dim", n_embd // n_head) != n_embd // n_head:
-        raise _refuse(f"head_dim={c.get('head_dim')} != hidden_size / num_attention_heads")
-    if not _eps_ok(c, "rms_norm_eps", 1e-6):
-        raise _refuse(f"rms_norm_eps={c.get('rms_norm_eps', 1e-6)}, lmforge's RMSNorm uses {NORM_EPS}")
+def _biases(c: _Fields, family: str) -> dict[str, bool]:
+    """model.bias and model.qkv_bias. Qwen2 always has q/k/v biases and no others; Llama's
+    attention_bias puts one on q, k, v and o, its mlp_bias on the MLP."""
+    if family == "qwen2":
+        return {"bias": False, "qkv_bias": True}
     attn_bias, mlp_bias = c.flag("attention_bias", False), c.flag("mlp_bias", False)
     if attn_bias != mlp_bias:
         raise _refuse(f"attention_bias={attn_bias} but mlp_bias={mlp_bias}; lmforge's "
                       "model.bias is one switch for both")
-    hidden = c.size("intermediate_size", 11008)
-    cfg = ModelConfig(arch="gpt", n_layer=c.size("num_hidden_layers", 32), n_head=n_head,
-                      n_embd=n_embd, block_size=c.size("max_position_embeddings", 2048,
-                                                       _MAX_CONTEXT),
-                      bias=attn_bias, norm="rmsnorm", mlp="swiglu", pos="rope",
-                      mlp_ratio=_swiglu_ratio(hidden, n_embd), rope_theta=_rope_theta(c),
-                      tie_embeddings=c.flag("tie_word_embeddings", False),
-                      vocab_size=c.size("vocab_size", 32000))
-    if swiglu_hidden(n_embd, cfg.mlp_ratio) != hidden:
-        raise _refuse(f"intermediate_size={hidden} is not a multiple of 8, which lmforge's "
-                      "SwiGLU width always is")
-    return cfg
+    return {"bias": attn_bias, "qkv_bias": False}
+
+
+def _context(c: _Fields, family: str) -> int:
+    """The context: max_position_embeddings, or for Mistral's sliding-window attention the
+    window, within which lmforge's full causal attention computes the same function."""
+    context = c.size("max_position_embeddings", 2048, _MAX_CONTEXT)
+    window = c.get("sliding_window")
+    used = c.flag("use_sliding_window", family == "mistral")
+    if window is not None and used:
+        window = c.size("sliding_window", context, _MAX_CONTEXT)
+        context = min(context, window)
+    return context
+
+
+def _llama_config(c: _Fields, family: str) -> ModelConfig:
+    n_embd, n_head = c.size("hidden_size", 4096), c.size("num_attention_heads", 32)
+    if c.get("hidden_act", "silu") != "silu":
+        raise _refuse(f"hidden_act={_short(c.get('hidden_act'))}, lmforge's SwiGLU uses silu")
+    kv = c.size("num_key_value_heads", n_head, n_head)
+    if n_head % kv:
+        raise _refuse(f"num_key_value_heads={kv} does not divide num_attention_heads={n_head}")
+    default_head = n_embd // n_head if n_embd % n_head == 0 else 0
+    if not default_head and c.get("head_dim") is None:
+        raise _refuse(f"hidden_size={n_embd} is not divisible by num_attention_heads={n_head} "
+                      "and there is no head_dim; the file is damaged")
+    head_dim = c.size("head_dim", default_head)
+    return ModelConfig(
+        arch="gpt", n_layer=c.size("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd,
+        n_kv_head=0 if kv == n_head else kv, head_dim=0 if head_dim == default_head else head_dim,
+        block_size=_context(c, family), norm="rmsnorm", mlp="swiglu", pos="rope",
+        norm_eps=_norm_eps(c, "rms_norm_eps", 1e-6),
+        **_swiglu_width(c.size("intermediate_size", 11008), n_embd), **_biases(c, family),
+        **_rope_fields(c), tie_embeddings=c.flag("tie_word_embeddings", False),
+        vocab_size=c.size("vocab_size", 32000))
 
 
 def _load_bin(path: Path) -> dict[str, Tensor]:
@@ -307,12 +339,14 @@ def from_hf_state_dict(weights: dict[str, Tensor], cfg: ModelConfig, family: str
 
 
 def _hf_config(c: _Fields) -> tuple[ModelConfig, str]:
+    """The ModelConfig and the HF family ("gpt2", or a Llama-layout one) of a config.json."""
     family = c.get("model_type")
     if family == "gpt2":
         return _gpt2_config(c), family
-    if family == "llama":
-        return _llama_config(c), family
-    raise _refuse(f"model_type={_short(repr(family))}; lmforge imports gpt2 and llama")
+    if family in LLAMA_LAYOUT:
+        return _llama_config(c, family), family
+    raise _refuse(f"model_type={_short(repr(family))}; lmforge imports "
+                  f"{', '.join(CLASSES.values())}")
 
 
 def import_hf(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:

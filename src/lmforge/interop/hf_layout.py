@@ -35,7 +35,11 @@ FAMILIES: dict[str, dict[str, str | tuple[str, ...]]] = {  # HF model_type → t
     "gpt2": {"norm": "layernorm", "mlp": ("gelu", "gelu_tanh"), "pos": "learned"},
     "llama": {"norm": "rmsnorm", "mlp": "swiglu", "pos": "rope"},
 }
-CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+# HF model_type → its class. Qwen2 and Mistral lay their tensors out as Llama does; Qwen2 adds
+# q/k/v biases, Mistral a sliding window (hf_import reads both).
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+           "mistral": "MistralForCausalLM"}
+LLAMA_LAYOUT = ("llama", "qwen2", "mistral")
 # HF's names of GELU's tanh approximation (lmforge's model.mlp=gelu_tanh); "gelu" is exact.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 GELUS = {"gelu": "gelu", **{name: "gelu_tanh" for name in TANH_GELUS}}  # HF → model.mlp
@@ -94,7 +98,8 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def hf_family(cfg: ModelConfig) -> str:
-    """'gpt2' or 'llama': the HF architecture that computes exactly what `cfg` does."""
+    """'gpt2', 'llama' or 'qwen2': the HF architecture that computes exactly what `cfg` does.
+    Biases on q, k and v alone are Qwen2's; Llama's attention_bias puts one on o as well."""
     if cfg.arch != "gpt":
         raise ConfigError(f"model.arch={cfg.arch} has no Hugging Face equivalent that lmforge "
                           "can write; use --format safetensors")
@@ -110,7 +115,12 @@ def hf_family(cfg: ModelConfig) -> str:
                           for v in FAMILIES[name].values())
         raise ConfigError(f"cannot export to Hugging Face: {ours}, but the nearest HF model "
                           f"({CLASSES[name]}) is {want}; use --format safetensors")
-    return name
+    if name == "gpt2" and (cfg.n_kv_head not in (0, cfg.n_head) or cfg.head_dim
+                           or cfg.qkv_bias):
+        raise ConfigError("cannot export to Hugging Face: GPT2LMHeadModel has neither "
+                          "grouped-query attention, nor a head_dim of its own, nor q/k/v-only "
+                          "biases; use --format safetensors")
+    return "qwen2" if name == "llama" and cfg.qkv_bias and not cfg.bias else name
 
 
 # (lmforge module, HF module) inside block i
@@ -126,6 +136,9 @@ _LLAMA_LINEARS = [("attn.q_proj", "self_attn.q_proj"), ("attn.k_proj", "self_att
                   ("mlp.w3", "mlp.up_proj"), ("mlp.c_proj", "mlp.down_proj")]
 
 
+_QKV = ("attn.q_proj", "attn.k_proj", "attn.v_proj")
+
+
 def pairs(cfg: ModelConfig, family: str) -> list[tuple[str, str]]:
     """(lmforge name, HF name) of every tensor that maps one to one. GPT-2's c_attn is left
     out: it fuses lmforge's q/k/v projections."""
@@ -137,12 +150,13 @@ def pairs(cfg: ModelConfig, family: str) -> list[tuple[str, str]]:
         for i in range(cfg.n_layer):
             modules += [(f"blocks.{i}.{a}", f"transformer.h.{i}.{b}", wb) for a, b in _GPT2_BLOCK]
         modules.append(("norm_f", "transformer.ln_f", wb))
-    else:  # RMSNorm has no bias; the linears have one when cfg.bias
-        linear = wb if cfg.bias else w
+    else:  # RMSNorm has no bias; the linears have one when cfg.bias, q/k/v also with qkv_bias
         modules = [("wte", "model.embed_tokens", w)]
         for i in range(cfg.n_layer):
             modules += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}", w) for a, b in _LLAMA_NORMS]
-            modules += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}", linear) for a, b in _LLAMA_LINEARS]
+            modules += [(f"blocks.{i}.{a}", f"model.layers.{i}.{b}",
+                         wb if cfg.bias or (cfg.qkv_bias and a in _QKV) else w)
+                        for a, b in _LLAMA_LINEARS]
         modules.append(("norm_f", "model.norm", w))
     if not cfg.tie_embeddings:
         modules.append(("lm_head", "lm_head", w))

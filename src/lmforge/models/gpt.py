@@ -28,9 +28,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.norm1 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
+        self.norm1 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias, eps=cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
+        self.norm2 = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias, eps=cfg.norm_eps)
         self.mlp = make_mlp(cfg)
 
     def tp_plan(self) -> dict[str, TPStyle]:
@@ -61,13 +61,13 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias)
+        self.norm_f = make_norm(cfg.norm, cfg.n_embd, bias=cfg.bias, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one tensor: input and output embedding
         if cfg.pos == "rope":
             # derived from the config, so not saved: non-persistent buffers
-            cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, theta=cfg.rope_theta)
+            cos, sin = rope_tables(cfg, cfg.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -104,8 +104,7 @@ class GPT(nn.Module):
     def reset_buffers(self) -> None:
         """The buffers computed from the config (the rotary tables), which no checkpoint holds."""
         if self.cfg.pos == "rope":
-            cos, sin = rope_tables(self.cfg.n_embd // self.cfg.n_head, self.cfg.block_size,
-                                   theta=self.cfg.rope_theta, device=self.rope_cos.device,
+            cos, sin = rope_tables(self.cfg, self.cfg.block_size, device=self.rope_cos.device,
                                    dtype=self.rope_cos.dtype)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
@@ -113,11 +112,13 @@ class GPT(nn.Module):
     def parallel_plan(self) -> ParallelPlan:
         """The blocks are the units of sharding, recomputation and compilation; tensor
         parallelism splits each block's attention heads and MLP (embeddings, norms and the
-        output layer stay whole), so the heads must divide among the ranks."""
+        output layer stay whole), so the heads, and the key/value heads of grouped-query
+        attention, must divide among the ranks."""
         first = next(iter(self.blocks), None)
         return ParallelPlan(blocks=self.blocks,
                             block_tp=first.tp_plan() if isinstance(first, Block) else {},
-                            tp_divisible={"model.n_head": self.cfg.n_head})
+                            tp_divisible={"model.n_head": self.cfg.n_head,
+                                          "model.n_kv_head": self.cfg.kv_heads})
 
     def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the cache, if given,
@@ -146,8 +147,8 @@ class GPT(nn.Module):
                   dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for block_size positions, on the model's device and dtype by default."""
         weight = self.wte.weight
-        return KVCache(n_layer=self.cfg.n_layer, batch_size=batch_size, n_head=self.cfg.n_head,
-                       max_len=self.cfg.block_size, head_dim=self.cfg.n_embd // self.cfg.n_head,
+        return KVCache(n_layer=self.cfg.n_layer, batch_size=batch_size, n_head=self.cfg.kv_heads,
+                       max_len=self.cfg.block_size, head_dim=self.cfg.head_size,
                        device=device or weight.device, dtype=dtype or weight.dtype)
 
     def num_params(self, *, non_embedding: bool = False) -> int:

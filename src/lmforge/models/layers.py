@@ -15,29 +15,50 @@ from torch import Tensor, nn
 from lmforge.config import ModelConfig
 from lmforge.models.parallel_plan import TPStyle
 
-# One epsilon for both norms (LayerNorm's default, Llama 2's rms_norm_eps). RMSNorm's own
-# default takes finfo(dtype).eps, which would make bf16 and fp32 runs normalize differently.
-NORM_EPS = 1e-5
 
-
-def make_norm(kind: str, dim: int, *, bias: bool) -> nn.Module:
-    """LayerNorm (with or without bias) or RMSNorm (which has no bias)."""
+def make_norm(kind: str, dim: int, *, bias: bool, eps: float) -> nn.Module:
+    """LayerNorm (with or without bias) or RMSNorm (which has no bias). The epsilon is always
+    explicit: RMSNorm's own default takes finfo(dtype).eps, which would make bf16 and fp32
+    runs normalize differently."""
     if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=NORM_EPS, bias=bias)
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
-        return nn.RMSNorm(dim, eps=NORM_EPS)
+        return nn.RMSNorm(dim, eps=eps)
     raise ValueError(f"unknown norm '{kind}': use layernorm or rmsnorm (batch normalization "
                      "would let a causal model see future tokens)")
 
 
 # ---------------------------------------------------------------------------- rotary
 
-def rope_tables(head_dim: int, length: int, *, theta: float,
-                device: torch.device | str | None = None,
+def scaled_frequencies(inv_freq: Tensor, cfg: ModelConfig) -> Tensor:
+    """The rotary frequencies stretched for long contexts as cfg.rope_scaling says.
+
+    linear: every frequency divided by the factor (positions compressed). llama3 (Llama 3.1):
+    wavelengths longer than original_context / low_freq_factor are stretched by the factor,
+    those shorter than original_context / high_freq_factor are kept, and the band between
+    blends the two, so local order stays sharp while distant positions fit the longer context.
+    """
+    factor = cfg.rope_factor
+    if cfg.rope_scaling == "linear":
+        return inv_freq / factor
+    if cfg.rope_scaling != "llama3":
+        return inv_freq
+    context, low, high = cfg.rope_original_context, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((context / wavelength - low) / (high - low)).clamp(0.0, 1.0)  # 0: stretch, 1: keep
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return torch.where(wavelength > context / low, inv_freq / factor,
+                       torch.where(wavelength < context / high, inv_freq, blended))
+
+
+def rope_tables(cfg: ModelConfig, length: int, *, device: torch.device | str | None = None,
                 dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """cos and sin of the rotation angles, (length, head_dim // 2) each."""
+    """cos and sin of the rotation angles, (length, head_size // 2) each."""
+    head_dim = cfg.head_size
     # float64 for the angles: position * frequency loses digits in float32 at long contexts
-    inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    inv_freq = cfg.rope_theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64,
+                                                device=device) / head_dim)
+    inv_freq = scaled_frequencies(inv_freq, cfg)
     angles = torch.outer(torch.arange(length, dtype=torch.float64, device=device), inv_freq)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -58,7 +79,8 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far.
 
     Preallocated to `max_len` positions so decoding never reallocates; `pos` counts the
-    positions filled. Attention layers write through `update`; the model advances `pos`
+    positions filled. With grouped-query attention it holds the key/value heads only, which
+    is where that design saves its memory. Attention layers write through `update`; the model advances `pos`
     once per forward, after all layers have written.
     """
 
@@ -111,22 +133,27 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, dropout_p
 
 class CausalSelfAttention(nn.Module):
     # Tensor parallelism: q, k and v split by output features, so each rank holds whole
-    # heads; the output projection by input features, summed across ranks.
+    # heads (and, with grouped-query attention, whole groups); the output projection by input
+    # features, summed across ranks.
     TP_PLAN: dict[str, TPStyle] = {"q_proj": "colwise", "k_proj": "colwise",
                                    "v_proj": "colwise", "c_proj": "rowwise"}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.n_embd % cfg.n_head:
+        if cfg.n_embd % cfg.n_head and not cfg.head_dim:
             raise ValueError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
-        self.head_dim = cfg.n_embd // cfg.n_head
+        if cfg.n_head % cfg.kv_heads:
+            raise ValueError(f"n_kv_head={cfg.kv_heads} does not divide n_head={cfg.n_head}")
+        self.head_dim = cfg.head_size
         self.dropout = cfg.dropout
+        q_width, kv_width = cfg.n_head * cfg.head_size, cfg.kv_heads * cfg.head_size
+        qkv_bias = cfg.bias or cfg.qkv_bias
         # Separate q, k and v projections (not GPT-2's fused c_attn) so that tensor parallelism
         # can give each rank whole heads by splitting each one's output features.
-        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.q_proj = nn.Linear(cfg.n_embd, q_width, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.n_embd, kv_width, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.n_embd, kv_width, bias=qkv_bias)
+        self.c_proj = nn.Linear(q_width, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
@@ -135,7 +162,7 @@ class CausalSelfAttention(nn.Module):
         hs = self.head_dim
         # -1 heads: all of them, or this rank's share under tensor parallelism
         q = self.q_proj(x).view(B, T, -1, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, -1, hs).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, -1, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, -1, hs).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -144,12 +171,15 @@ class CausalSelfAttention(nn.Module):
         mask, causal = None, True  # training path: SDPA's own causal mask, nothing built here
         if cache is not None:
             p0 = cache.pos
-            k, v = cache.update(layer, k, v)  # (B, nh, p0+T, hs)
+            k, v = cache.update(layer, k, v)  # (B, nkv, p0+T, hs)
             if p0 > 0:
                 # is_causal aligns the mask top-left, wrong once keys outnumber queries;
                 # one new token sees every cached key and needs no mask at all
                 causal = False
                 mask = cache_mask(p0, T, device=x.device) if T > 1 else None
+        if k.size(1) != q.size(1):  # grouped-query: query head i reads key/value head i // group
+            group = q.size(1) // k.size(1)
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         y = attention(q, k, v, mask=mask, dropout_p=dropout_p, causal=causal)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # heads side by side again
         return self.resid_drop(self.c_proj(y))
@@ -165,7 +195,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = int(cfg.mlp_ratio * cfg.n_embd)
+        hidden = cfg.mlp_hidden or int(cfg.mlp_ratio * cfg.n_embd)
         self.c_fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
@@ -188,7 +218,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = swiglu_hidden(cfg.n_embd, cfg.mlp_ratio)
+        hidden = cfg.mlp_hidden or swiglu_hidden(cfg.n_embd, cfg.mlp_ratio)
         self.w1 = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # gate
         self.w3 = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)  # up
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # w2, down

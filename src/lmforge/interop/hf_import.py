@@ -1,7 +1,9 @@
-"""Model directories read into lmforge: a Hugging Face GPT-2 or Llama directory
-(`import_hf`), or lmforge's own safetensors export (`import_safetensors`), as a ModelConfig
-and a state_dict that lmforge's GPT loads strictly and that computes the same logits.
-Weights are read from safetensors, or from pytorch_model.bin with weights_only=True, so
+"""Model directories read into lmforge: a Hugging Face directory of GPT-2 or the Llama
+family (Llama, Qwen2, Mistral: `import_hf`), or lmforge's own safetensors export
+(`import_safetensors`), as a ModelConfig and a state_dict that lmforge's GPT loads strictly
+and that computes the same logits; or, without a second copy of the weights in memory,
+straight into a model (`load_weights_into`, `load_pretrained`). Weights are read by
+hf_weights.py, from safetensors or from pytorch_model.bin with weights_only=True, so
 loading a directory never runs code from it.
 
 A directory may be damaged or hostile, so every value of its config.json is checked for its
@@ -13,36 +15,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmforge.config import Config, ModelConfig, coerce, validate
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.interop.hf_layout import (
-    BUFFERS,
     CLASSES,
     GELUS,
     LLAMA_LAYOUT,
     WEIGHTS,
-    is_conv1d,
-    pairs,
-    qkv,
     read_json,
     weight_files,
 )
+from lmforge.interop.hf_weights import WeightSource, copy_into, hf_prefix, hf_tensors, own_tensors
+from lmforge.models import LanguageModel, build_model
 from lmforge.models.layers import swiglu_hidden
 
 _MAX_SIZE = 2**31 - 1  # layers, heads, width, vocabulary: beyond, torch's indices overflow
 _MAX_CONTEXT = 2**22  # positions: rope tables for more take gigabytes before any weight loads
-# What loading a damaged file can raise (safetensors' own error, or torch on odd dtypes)
-_LOAD_ERRORS = (SafetensorError, OSError, RuntimeError, ValueError, TypeError, KeyError,
-                EOFError, pickle.UnpicklingError)
 
 
 def _short(value: Any) -> str:
@@ -127,23 +121,20 @@ def _checked(cfg: ModelConfig, directory: Path) -> ModelConfig:
     return cfg
 
 
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(str(path))
-    except _LOAD_ERRORS as err:
-        reason = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"{path} is not a readable safetensors file ({reason}); "
-                              "re-download or re-export it") from None
+def _own_config(directory: Path) -> ModelConfig:
+    """The checked ModelConfig of a directory written by `export_safetensors`."""
+    cfg = _lmforge_config(read_json(directory / "config.json"), directory)
+    if not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"{directory} has no {WEIGHTS}; the export is incomplete")
+    return _checked(cfg, directory)
 
 
 def import_safetensors(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     """The ModelConfig and state_dict of a directory written by `export_safetensors`."""
     directory = Path(directory)
-    cfg = _lmforge_config(read_json(directory / "config.json"), directory)
-    if not (directory / WEIGHTS).is_file():
-        raise CheckpointError(f"{directory} has no {WEIGHTS}; the export is incomplete")
-    cfg = _checked(cfg, directory)
-    sd = _load_safetensors(directory / WEIGHTS)
+    cfg = _own_config(directory)
+    model = _meta_model(cfg)
+    sd = dict(own_tensors(WeightSource(directory, files=[directory / WEIGHTS]), model))
     if cfg.tie_embeddings:  # save_model kept one of the two names of the shared tensor
         shared = sd.get("wte.weight", sd.get("lm_head.weight"))
         if shared is not None:
@@ -225,16 +216,16 @@ def _swiglu_width(hidden: int, n_embd: int) -> dict[str, Any]:
     return {"mlp_ratio": 4.0} if swiglu_hidden(n_embd, 4.0) == hidden else {"mlp_hidden": hidden}
 
 
-def _biases(c: _Fields, family: str) -> dict[str, bool]:
+def _biases(c: _Fields, family: str) -> tuple[bool, bool]:
     """model.bias and model.qkv_bias. Qwen2 always has q/k/v biases and no others; Llama's
     attention_bias puts one on q, k, v and o, its mlp_bias on the MLP."""
     if family == "qwen2":
-        return {"bias": False, "qkv_bias": True}
+        return False, True
     attn_bias, mlp_bias = c.flag("attention_bias", False), c.flag("mlp_bias", False)
     if attn_bias != mlp_bias:
         raise _refuse(f"attention_bias={attn_bias} but mlp_bias={mlp_bias}; lmforge's "
                       "model.bias is one switch for both")
-    return {"bias": attn_bias, "qkv_bias": False}
+    return attn_bias, False
 
 
 def _context(c: _Fields, family: str) -> int:
@@ -261,81 +252,15 @@ def _llama_config(c: _Fields, family: str) -> ModelConfig:
         raise _refuse(f"hidden_size={n_embd} is not divisible by num_attention_heads={n_head} "
                       "and there is no head_dim; the file is damaged")
     head_dim = c.size("head_dim", default_head)
+    bias, qkv_bias = _biases(c, family)
     return ModelConfig(
-        arch="gpt", n_layer=c.size("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd,
+        arch="gpt", bias=bias, qkv_bias=qkv_bias, n_layer=c.size("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd,
         n_kv_head=0 if kv == n_head else kv, head_dim=0 if head_dim == default_head else head_dim,
         block_size=_context(c, family), norm="rmsnorm", mlp="swiglu", pos="rope",
         norm_eps=_norm_eps(c, "rms_norm_eps", 1e-6),
-        **_swiglu_width(c.size("intermediate_size", 11008), n_embd), **_biases(c, family),
+        **_swiglu_width(c.size("intermediate_size", 11008), n_embd),
         **_rope_fields(c), tie_embeddings=c.flag("tie_word_embeddings", False),
         vocab_size=c.size("vocab_size", 32000))
-
-
-def _load_bin(path: Path) -> dict[str, Tensor]:
-    """pytorch_model.bin with weights_only=True: a pickle that would build anything but
-    tensors (run code) is refused, never run."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise CheckpointError(f"{path} is not plain tensors ({reason}); the file is damaged or "
-                              "may be hostile, and was not loaded. Get a model.safetensors "
-                              "from a source you trust") from None
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)
-                                           for k, v in sd.items()):
-        raise CheckpointError(f"{path} is not a state_dict (names to tensors); the file is "
-                              "damaged or not a model's weights")
-    return sd
-
-
-def _load_weights(directory: Path) -> dict[str, Tensor]:
-    """model.safetensors (possibly sharded) or pytorch_model.bin, loaded without pickle code."""
-    files = weight_files(directory)
-    if files[0].name == "pytorch_model.bin":
-        return _load_bin(files[0])
-    return {k: v for f in files for k, v in _load_safetensors(f).items()}
-
-
-def _hf_names(weights: dict[str, Tensor], family: str) -> dict[str, Tensor]:
-    """Names as GPT2LMHeadModel / LlamaForCausalLM save them; base-model saves
-    (GPT2Model, LlamaModel, the original gpt2 files) lack the prefix."""
-    prefix = "transformer." if family == "gpt2" else "model."
-    return {k if k.startswith((prefix, "lm_head.")) else prefix + k: v
-            for k, v in weights.items() if not k.endswith(BUFFERS)}
-
-
-def from_hf_state_dict(weights: dict[str, Tensor], cfg: ModelConfig, family: str) -> dict[str, Tensor]:
-    """HF tensors → lmforge's GPT state_dict for `cfg`; every HF tensor must be used."""
-    left = _hf_names(weights, family)
-
-    def take(name: str, shape: tuple[int, ...] | None = None) -> Tensor:
-        if name not in left:
-            raise CheckpointError(f"the model directory has no tensor '{name}', which its "
-                                  "config.json implies; the weights are incomplete")
-        if shape is not None and tuple(left[name].shape) != shape:
-            raise CheckpointError(f"the model directory's '{name}' has shape "
-                                  f"{tuple(left[name].shape)}, its config.json implies {shape}")
-        return left.pop(name)
-
-    sd: dict[str, Tensor] = {}
-    for ours, theirs in pairs(cfg, family):
-        t = take(theirs)
-        sd[ours] = t.t().contiguous() if is_conv1d(theirs, t) else t
-    if family == "gpt2":
-        for i in range(cfg.n_layer):
-            width = 3 * cfg.n_embd
-            fused = {"weight": take(f"transformer.h.{i}.attn.c_attn.weight", (cfg.n_embd, width)).t(),
-                     "bias": take(f"transformer.h.{i}.attn.c_attn.bias", (width,))}
-            for p, t in fused.items():
-                for name, part in zip(qkv(i), t.split(cfg.n_embd, dim=0), strict=True):
-                    sd[f"{name}.{p}"] = part.contiguous()
-    if cfg.tie_embeddings:
-        left.pop("lm_head.weight", None)  # some saves store the tied copy as well
-        sd["lm_head.weight"] = sd["wte.weight"]
-    if left:
-        raise CheckpointError(f"the model directory has tensors lmforge's GPT has no place for: "
-                              f"{', '.join(sorted(left)[:3])}")
-    return sd
 
 
 def _hf_config(c: _Fields) -> tuple[ModelConfig, str]:
@@ -349,18 +274,64 @@ def _hf_config(c: _Fields) -> tuple[ModelConfig, str]:
                   f"{', '.join(CLASSES.values())}")
 
 
+def _hf_directory(directory: Path) -> tuple[ModelConfig, str]:
+    c = _Fields(read_json(directory / "config.json"), directory / "config.json")
+    cfg, family = _hf_config(c)
+    return _checked(cfg, directory), family
+
+
 def import_hf(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """The lmforge ModelConfig and GPT state_dict of a GPT-2 or Llama HF directory, such that
-    `build_model(cfg).load_state_dict(sd)` loads strictly and computes the same logits.
+    """The lmforge ModelConfig and GPT state_dict of a Hugging Face directory (GPT-2 or the
+    Llama family), such that `build_model(cfg).load_state_dict(sd)` loads strictly and
+    computes the same logits.
 
     Tensors keep their stored dtype (load_state_dict casts); dropout is left at 0.
     """
     directory = Path(directory)
-    cfg, family = _hf_config(_Fields(read_json(directory / "config.json"), directory / "config.json"))
-    cfg = _checked(cfg, directory)
-    sd = from_hf_state_dict(_load_weights(directory), cfg, family)
+    cfg, family = _hf_directory(directory)
+    source = WeightSource(directory, prefix=hf_prefix(family))
+    _enough_tensors(cfg, len(source), directory)
+    sd = dict(hf_tensors(source, cfg, family))
+    if cfg.tie_embeddings:
+        sd["lm_head.weight"] = sd["wte.weight"]
     _check_shapes(cfg, sd, directory)
     return cfg, sd
+
+
+def _meta_model(cfg: ModelConfig) -> LanguageModel:
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+def load_weights_into(model: nn.Module, directory: Path) -> None:
+    """Fill `model` (built for read_model_config(directory), on any device, possibly with no
+    values yet) from the directory's weight files, one tensor at a time: memory holds the
+    model and one tensor, never a second copy of the weights."""
+    directory = Path(directory)
+    if "model_type" in read_json(directory / "config.json"):
+        cfg, family = _hf_directory(directory)
+        source = WeightSource(directory, prefix=hf_prefix(family))
+        _enough_tensors(cfg, len(source), directory)
+        copy_into(model, hf_tensors(source, cfg, family), directory)
+    else:
+        _own_config(directory)
+        copy_into(model, own_tensors(WeightSource(directory, files=[directory / WEIGHTS]), model),
+                  directory)
+
+
+def load_pretrained(directory: Path, *,
+                    dtype: torch.dtype = torch.float32) -> tuple[ModelConfig, LanguageModel]:
+    """The model of a model directory, in `dtype`: built on the meta device (no memory, no
+    random initialization), given storage, and filled tensor by tensor, so loading a bf16
+    model into bf16 needs about its own size and no more."""
+    cfg = read_model_config(directory)
+    model = _meta_model(cfg)
+    model.to_empty(device="cpu")
+    model = model.to(dtype)
+    model.tie_weights()  # to_empty gave the tied layers a tensor each
+    load_weights_into(model, directory)
+    model.reset_buffers()  # the rotary tables, computed from the config
+    return cfg, model.eval()
 
 
 def read_model_config(directory: Path) -> ModelConfig:
@@ -380,17 +351,19 @@ def import_any(directory: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
     return import_safetensors(directory)
 
 
+def _enough_tensors(cfg: ModelConfig, count: int, directory: Path) -> None:
+    """Each layer has tensors of its own, so a file of fewer tensors than layers is refused
+    before anything is built."""
+    if cfg.n_layer > count:
+        raise CheckpointError(f"{directory} holds {count} tensors, too few for the "
+                              f"{cfg.n_layer} layers its config.json describes")
+
+
 def _check_shapes(cfg: ModelConfig, sd: dict[str, Tensor], directory: Path) -> None:
     """Compare with the model built on the meta device (no memory), so a bad file fails here
-    with the tensor's name rather than deep inside load_state_dict. Each layer has a tensor
-    of its own, so a file of fewer tensors than layers is refused before building anything."""
-    from lmforge.models import build_model
-
-    if cfg.n_layer > len(sd):
-        raise CheckpointError(f"{directory} holds {len(sd)} tensors, too few for the "
-                              f"{cfg.n_layer} layers its config.json describes")
-    with torch.device("meta"):
-        want = build_model(cfg).state_dict()
+    with the tensor's name rather than deep inside load_state_dict."""
+    _enough_tensors(cfg, len(sd), directory)
+    want = _meta_model(cfg).state_dict()
     for name, t in want.items():
         if name not in sd:
             raise CheckpointError(f"{directory} has no tensor '{name}', which its config.json "

@@ -274,7 +274,8 @@ def sampling_bytes(m: ModelShape, vocab: int, samples: int, prompt: int = 1) -> 
     a recurrent model's hidden state and a forward over the `prompt` tokens."""
     if m.arch in _GATES:
         return FLOAT * samples * (2 * m.n_layer * m.n_embd + prompt * (_per_token(m) + vocab))
-    return FLOAT * samples * m.block_size * (2 * m.n_layer * m.n_embd + _per_token(m) + vocab)
+    kv = m.kv_heads * m.head_size  # per layer and position: grouped-query attention caches less
+    return FLOAT * samples * m.block_size * (2 * m.n_layer * kv + _per_token(m) + vocab)
 
 
 def human_bytes(n: float) -> str:

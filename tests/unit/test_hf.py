@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig
-from lmforge.data.tokenizer import EOT_TOKEN, BpeTokenizer, train_tokenizer
+from lmforge.data.tokenizer import EOT_TOKEN, train_tokenizer
 from lmforge.errors import ConfigError, DataError
 from lmforge.interop.hf_export import export_hf, export_safetensors
 from lmforge.interop.hf_import import import_hf, import_safetensors
@@ -141,18 +141,21 @@ def test_generate_stops_at_eot(transformers, tmp_path):
     assert gen.eos_token_id == tok.eot_id
 
 
-def test_hf_only_tokenizer_json_is_wrapped_or_refused(tmp_path):
+def test_hf_only_tokenizer_json_is_the_models_own_tokenizer(tmp_path):
     tok = train_tokenizer("bpe", [TEXT], vocab_size=300)
     tok._hf.save(str(tmp_path / "tokenizer.json"))  # an HF directory: no tokenizer_meta.json
-    wrapped = import_hf_tokenizer(tmp_path)
-    assert isinstance(wrapped, BpeTokenizer) and wrapped.encode(TEXT) == tok.encode(TEXT)
+    wrapped = import_hf_tokenizer(tmp_path)  # end of text: <|endoftext|>, named nowhere else
+    assert wrapped.kind == "hf" and wrapped.encode(TEXT) == tok.encode(TEXT)
+    assert wrapped.eot_id == tok.eot_id
 
     from tokenizers import Tokenizer, models
     other = tmp_path / "llama"
     other.mkdir()
     Tokenizer(models.BPE(vocab={"a": 0, "</s>": 1}, merges=[])).save(str(other / "tokenizer.json"))
     (other / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
-    with pytest.raises(DataError, match="'</s>'"):
+    assert import_hf_tokenizer(other).eot_id == 1  # Llama's </s> (tests/unit/test_hf_tokenizers.py)
+    (other / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|eot|>"}))
+    with pytest.raises(DataError, match="'<|eot|>' is not in tokenizer.json's vocabulary"):
         import_hf_tokenizer(other)
 
 

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     check_memory(args, read_run_config(RunDir(args.run)).model, device)
     loaded = load_run(args.run, which=args.checkpoint, device=str(device))
     tok = loaded.tokenizer
-    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+    # bos first where the model's tokenizer puts it before a text; eot alone for no prompt
+    prompt_ids = tok.encode_prompt(args.prompt)
     if not getattr(loaded.model, "recurrent", False):  # generate_tokens would crop it as well
         prompt_ids = prompt_ids[-loaded.cfg.model.block_size:]
     prompt = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              generator=gen)
     if args.num_samples == 1:
-        _stream_one(stream, prompt=args.prompt, tokenizer=tok)
+        _stream_one(stream, prompt=args.prompt, tokenizer=tok, context=prompt_ids)
         return 0
     rows: list[list[int]] = [[] for _ in range(args.num_samples)]
     for step in stream:
@@ -128,14 +129,17 @@ def run(args: argparse.Namespace) -> int:
             row.append(token)
     for i, row in enumerate(rows):
         ended = row[:row.index(tok.eot_id)] if tok.eot_id in row else row
-        print(f"----- sample {i + 1} -----\n{args.prompt}{tok.decode(ended)}")
+        print(f"----- sample {i + 1} -----\n{args.prompt}{tok.decode_after(prompt_ids, ended)}")
     return 0
 
 
-def _stream_one(stream: Iterator[torch.Tensor], *, prompt: str, tokenizer: Tokenizer) -> None:
+def _stream_one(stream: Iterator[torch.Tensor], *, prompt: str, tokenizer: Tokenizer,
+                context: list[int] | None = None) -> None:
     """Print text as it is generated. A character cut between two tokens waits for the next,
     and so does a trailing space of a segmented tokenizer: the next token may show it to be a
-    segmentation space between two Chinese words, which decoding removes."""
+    segmentation space between two Chinese words, which decoding removes. `context`: the
+    prompt's ids, which the new text is decoded after (Tokenizer.decode_after)."""
+    context = context or []
     out = sys.stdout
     out.write(prompt)
     ids: list[int] = []
@@ -145,10 +149,10 @@ def _stream_one(stream: Iterator[torch.Tensor], *, prompt: str, tokenizer: Token
         if token == tokenizer.eot_id:
             break
         ids.append(token)
-        text = tokenizer.decode(ids)
+        text = tokenizer.decode_after(context, ids)
         if not text.endswith("\ufffd") and not (tokenizer.segmented and text.endswith(" ")):
             out.write(text[shown:])
             out.flush()
             shown = len(text)
-    out.write(tokenizer.decode(ids)[shown:] + "\n")
+    out.write(tokenizer.decode_after(context, ids)[shown:] + "\n")
     out.flush()

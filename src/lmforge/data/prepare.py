@@ -44,8 +44,10 @@ from lmforge.data.sources import SourceStats, fingerprint, is_remote, iter_units
 from lmforge.data.tokenizer import (
     Tokenizer,
     find_tokenizer,
+    given_digest,
+    is_model_dir,
     load_tokenizer,
-    tokenizer_digest,
+    tokenizer_at,
     train_tokenizer,
 )
 from lmforge.errors import DataError
@@ -135,7 +137,12 @@ def _save_tokenizer(tok: Tokenizer, directory: Path) -> None:
 
 
 def _copy_tokenizer(source: Path, directory: Path) -> None:
-    """The given tokenizer's files, byte for byte: the same ids, the same digest."""
+    """The given tokenizer's files, byte for byte: the same ids, the same digest. Of a
+    Hugging Face model directory, only its tokenizer's files (what HfTokenizer.save copies),
+    never the weights beside them."""
+    if is_model_dir(source):
+        _save_tokenizer(tokenizer_at(source), directory)
+        return
     with writing("the tokenizer"):
         directory.mkdir()
         for path in sorted(source.iterdir()):
@@ -277,9 +284,10 @@ def _keeps_segmentation(out: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _settings(sources: list[str], *, data: DataConfig, tokenizer: TokenizerConfig,
-              clean: CleanConfig, tokenizer_sha256: str = "") -> dict[str, Any]:
+              clean: CleanConfig, given: dict[str, Any] | None = None) -> dict[str, Any]:
     """What makes a dataset what it is, as its manifest records it: preparing again with the
-    same settings (and unchanged inputs) reuses the dataset instead of redoing it."""
+    same settings (and unchanged inputs) reuses the dataset instead of redoing it. `given`:
+    what stands for a given tokenizer (_given_tokenizer), in place of `tokenizer`'s."""
     if not sources:
         raise DataError("no data sources given; give a file, a directory, a glob or 'stdlib'")
     validate_data(data, tokenizer, clean)
@@ -291,10 +299,9 @@ def _settings(sources: list[str], *, data: DataConfig, tokenizer: TokenizerConfi
                 "val_fraction": data.val_fraction, "text_field": data.text_field,
                 "split": data.split, "clean": dataclasses.asdict(clean),
                 "shard_tokens": data.shard_tokens}
-    # A given tokenizer is known by its files. The key is there only then, so that datasets
-    # prepared before it existed still compare equal.
-    if tokenizer_sha256:
-        settings["tokenizer_sha256"] = tokenizer_sha256
+    # A given tokenizer is known by its files (tokenizer_sha256). The key is there only then,
+    # so that datasets prepared before it existed still compare equal.
+    settings.update(given or {})
     return settings
 
 
@@ -308,23 +315,40 @@ def ensure_dataset(cfg: Config, *, log: Callable[[str], None]) -> None:
         raise DataError(f"no prepared dataset at {path}; run `lmforge prepare --data SOURCE "
                         f"--out {path}` or set --data.source")
     source_files([cfg.data.source])  # a missing file is an error before anything is said
-    log(f"preparing {cfg.data.source} into {path} (done once, reused afterwards)")
+    given = _init_from_tokenizer(cfg)
+    how = f" with the tokenizer of {given}" if given is not None else ""
+    log(f"preparing {cfg.data.source} into {path}{how} (done once, reused afterwards)")
     prepare([cfg.data.source], path, data=cfg.data, tokenizer=cfg.tokenizer, clean=cfg.clean,
-            log=log, progress=cfg.train.progress)
+            tokenizer_from=given, log=log, progress=cfg.train.progress)
 
 
-def _given_tokenizer(path: Path, clean: CleanConfig) -> tuple[Path, TokenizerConfig, str]:
-    """The tokenizer directory `path` names, the config it stands for, and its digest."""
+def _init_from_tokenizer(cfg: Config) -> Path | None:
+    """The tokenizer of the model a run starts from (run.init_from), which its new dataset is
+    prepared with so that the imported embeddings keep meaning the tokens they were trained
+    on; None when that directory has none (the recipe's tokenizer is trained instead)."""
+    if not cfg.run.init_from:
+        return None
+    try:
+        return find_tokenizer(Path(cfg.run.init_from))
+    except DataError:
+        return None
+
+
+def _given_tokenizer(path: Path, clean: CleanConfig) -> tuple[Path, dict[str, Any]]:
+    """The tokenizer directory `path` names (a Hugging Face model directory included) and the
+    settings that stand for it: its kind, vocabulary (none for char and byte, which the
+    settings never had) and digest."""
     directory = find_tokenizer(Path(path))
-    given = load_tokenizer(directory)
+    given = tokenizer_at(directory)
     if given.segmented != clean.segment_chinese:
         how = "with" if given.segmented else "without"
         raise DataError(f"the tokenizer at {directory} was trained on text {how} spaces between "
                         f"Chinese words (clean.segment_chinese); prepare with "
                         f"--clean.segment_chinese={str(given.segmented).lower()} so that the "
                         "text is in the form its tokens fit")
-    config = TokenizerConfig(kind=given.kind, vocab_size=given.vocab_size)
-    return directory, config, tokenizer_digest(directory)
+    vocab = given.vocab_size if given.kind in ("bpe", "hf") else 0
+    return directory, {"tokenizer": given.kind, "vocab_size": vocab,
+                       "tokenizer_sha256": given_digest(directory, given)}
 
 
 def _worker_count(data: DataConfig, sources: list[str], options: SourceOptions) -> int:
@@ -363,11 +387,10 @@ def prepare(sources: list[str], out: Path, *, data: DataConfig | None = None,
         out = Path(os.path.realpath(out))  # the directory it names (a link stays a link)
     data, tokenizer, clean = data or DataConfig(), tokenizer or TokenizerConfig(), clean or CleanConfig()
     options = SourceOptions(text_field=data.text_field, split=data.split)
-    digest = ""
+    given = None
     if tokenizer_from is not None:
-        tokenizer_from, tokenizer, digest = _given_tokenizer(tokenizer_from, clean)
-    settings = _settings(sources, data=data, tokenizer=tokenizer, clean=clean,
-                         tokenizer_sha256=digest)
+        tokenizer_from, given = _given_tokenizer(tokenizer_from, clean)
+    settings = _settings(sources, data=data, tokenizer=tokenizer, clean=clean, given=given)
     fp = fingerprint(settings["sources"], options)
     # Held until the dataset is in place: what _existing finds stays so, and no other
     # prepare builds a dataset for `out` meanwhile.

@@ -1,4 +1,5 @@
-"""Tokenizers: byte-level BPE (HF `tokenizers`), characters, and raw bytes.
+"""Tokenizers: byte-level BPE (HF `tokenizers`), characters, raw bytes, and a Hugging Face
+model's own tokenizer ("hf": its tokenizer.json and the files beside it, used unchanged).
 
 Every tokenizer has one special token, end-of-text (`eot_id`), which separates documents
 in the shards. `decode` renders eot as "" (the documents around it simply join up), ids
@@ -11,7 +12,10 @@ it removes those spaces when decoding (chinese.desegment), so generated Chinese 
 Chinese is written. Its meta says so; text without segmentation decodes as it always did.
 
 A tokenizer lives in a directory: its own file plus `tokenizer_meta.json`, which says
-which kind it is.
+which kind it is. An "hf" tokenizer's end of text is the model's eos token; where the model's
+tokenizer puts a bos token before every text (Llama), `bos_id` names it, and generation starts
+from it (`encode_prompt`). Documents are encoded without the specials the model's tokenizer
+would add around a text: in the shards eos alone separates them.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lmforge.data import hf_files
 from lmforge.data.chinese import desegment
 from lmforge.errors import DataError
 
 META_FILE = "tokenizer_meta.json"
 BPE_FILE = "tokenizer.json"
 EOT_TOKEN = "<|endoftext|>"
-KINDS = ("bpe", "char", "byte")
+KINDS = ("bpe", "char", "byte")  # the kinds lmforge trains; "hf" is given, never trained
 _REPLACEMENT = "\ufffd"
 # BPE training: a run of more characters without a break is cut into pieces this long
 _MAX_RUN = 1024
@@ -43,6 +48,7 @@ class Tokenizer(ABC):
     kind: str
     vocab_size: int
     eot_id: int
+    bos_id: int | None = None  # what the model's tokenizer puts before a text ("hf" only)
     segmented: bool = False  # trained on text with spaces between Chinese words
 
     @abstractmethod
@@ -51,6 +57,15 @@ class Tokenizer(ABC):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """What generation starts from: bos and `text` where the model's tokenizer puts bos
+        before a text; else `text`, or end-of-text (the boundary a document follows in the
+        shards) when there is no text. Never empty."""
+        ids = self.encode(text) if text else []
+        if self.bos_id is not None:
+            return [self.bos_id, *ids]
+        return ids or [self.eot_id]
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`; never raises on a sequence that cuts a character in half."""
@@ -61,14 +76,21 @@ class Tokenizer(ABC):
     def _decode(self, ids: Iterable[int]) -> str:
         """The text of `ids` as the tokens spell it."""
 
+    def decode_after(self, context: list[int], ids: list[int]) -> str:
+        """The text `ids` add after `context` (a prompt): for these kinds, decode(ids)."""
+        return self.decode(ids)
+
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).write_text(self._meta_text())
+
+    def _meta_text(self) -> str:
         meta = {"kind": self.kind, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
                 **self._extra_meta()}
         if self.segmented:  # only then, so other tokenizers' files (and digests) stay as they were
             meta["segment_chinese"] = True
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return json.dumps(meta, indent=2) + "\n"
 
     def _extra_meta(self) -> dict[str, Any]:
         return {}
@@ -127,25 +149,18 @@ class CharTokenizer(Tokenizer):
         return {"chars": self.chars}
 
 
-class BpeTokenizer(Tokenizer):
-    """Byte-level BPE from HF `tokenizers`; any byte is encodable, so nothing is unknown."""
+class _HfBacked(Tokenizer):
+    """A tokenizer that HF `tokenizers` runs. The specials a post-processor would add around
+    a text are left out (documents are separated by eot alone), and a special token's text
+    inside a document is text, not a boundary (encode_special_tokens)."""
 
-    kind = "bpe"
-
-    def __init__(self, hf: Any) -> None:
-        # Literal "<|endoftext|>" in a document is text, not a document boundary.
-        hf.encode_special_tokens = True
-        self._hf = hf
-        self.vocab_size = hf.get_vocab_size()
-        self.eot_id = hf.token_to_id(EOT_TOKEN)
-        if self.eot_id is None:
-            raise DataError(f"the bpe tokenizer has no {EOT_TOKEN} token; prepare the dataset again")
+    _hf: Any
 
     def encode(self, text: str) -> list[int]:
-        return self._hf.encode(text).ids
+        return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._hf.encode_batch(texts)]
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
 
     def _decode(self, ids: Iterable[int]) -> str:
         ids = list(ids)
@@ -163,9 +178,74 @@ class BpeTokenizer(Tokenizer):
         parts.append(self._hf.decode(run, skip_special_tokens=True))
         return "".join(parts)
 
+
+class BpeTokenizer(_HfBacked):
+    """Byte-level BPE from HF `tokenizers`; any byte is encodable, so nothing is unknown."""
+
+    kind = "bpe"
+
+    def __init__(self, hf: Any) -> None:
+        # Literal "<|endoftext|>" in a document is text, not a document boundary.
+        hf.encode_special_tokens = True
+        self._hf = hf
+        self.vocab_size = hf.get_vocab_size()
+        self.eot_id = hf.token_to_id(EOT_TOKEN)
+        if self.eot_id is None:
+            raise DataError(f"the bpe tokenizer has no {EOT_TOKEN} token; prepare the dataset again")
+
     def save(self, directory: Path) -> None:
         super().save(directory)
         self._hf.save(str(Path(directory) / BPE_FILE))
+
+
+class HfTokenizer(_HfBacked):
+    """A Hugging Face model's own tokenizer, so that a model trained elsewhere keeps the ids
+    it was trained with. Its files are kept byte for byte (hf_files.COPIED): saving copies
+    them beside tokenizer_meta.json, so AutoTokenizer loads a saved or exported one exactly as
+    the original, chat template included (which lmforge stores, never renders)."""
+
+    kind = "hf"
+
+    def __init__(self, files: hf_files.ModelTokenizerFiles, hf: Any, *, eot_id: int,
+                 bos_id: int | None) -> None:
+        hf.encode_special_tokens = True
+        self._hf = hf
+        self.files = dict(files.raw)
+        self.vocab_size = hf_files.vocab_size(hf)
+        self.eot_id, self.bos_id = eot_id, bos_id
+
+    @classmethod
+    def from_model_dir(cls, directory: Path) -> HfTokenizer:
+        """The tokenizer of a Hugging Face model directory (tokenizer.json required)."""
+        files = hf_files.read_files(directory)
+        hf = hf_files.parse(files)
+        with hf_files.rust_errors(files.directory):
+            eot, bos = hf_files.eos_id(files, hf), hf_files.bos_id(files, hf)
+        return cls(files, hf, eot_id=eot, bos_id=bos)
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"bos_id": self.bos_id, "files": sorted(self.files)}
+
+    def token(self, i: int) -> str | None:
+        """The token of id `i` as the vocabulary spells it (for messages)."""
+        found = self._hf.id_to_token(i)
+        return str(found) if found is not None else None
+
+    def decode_after(self, context: list[int], ids: list[int]) -> str:
+        # A decoder may drop the space that starts a text (Llama 2's Metaspace/Strip), which
+        # after a prompt is the space between it and the continuation: decoded together,
+        # the space stays.
+        before, full = self.decode(context), self.decode([*context, *ids])
+        return full[len(before):] if full.startswith(before) else self.decode(ids)
+
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        for name, data in sorted(self.files.items()):
+            (Path(directory) / name).write_bytes(data)
+
+    def digest(self) -> str:
+        """tokenizer_digest of the directory `save` writes, without writing it."""
+        return _digest({**self.files, META_FILE: self._meta_text().encode()})
 
 
 def _bounded(texts: Iterable[str]) -> Iterator[str]:
@@ -263,24 +343,70 @@ def _loaded(kind: str, meta: dict[str, Any], directory: Path) -> Tokenizer:
             raise DataError(f"no tokenizer at {directory} ({BPE_FILE} missing or unreadable); "
                             "prepare the dataset again") from None
         return BpeTokenizer(hf)
+    if kind == "hf":
+        return _loaded_hf(meta, directory)
     raise DataError(f"{directory / META_FILE}: unknown tokenizer kind {kind!r}; prepare the "
                     "dataset again")
 
 
+def _loaded_hf(meta: dict[str, Any], directory: Path) -> HfTokenizer:
+    """An "hf" tokenizer that `save` wrote: its ids come from the meta, since the model files
+    they may have been read from (config.json) are not copied."""
+    files = hf_files.read_files(directory)
+    hf = hf_files.parse(files)
+    vocab = hf_files.vocab_size(hf)
+    eot, bos = meta.get("eot_id"), meta.get("bos_id")
+    ids_ok = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
+                 for i in (eot, *([] if bos is None else [bos])))
+    if not ids_ok or not isinstance(eot, int):
+        raise DataError(f"{directory / META_FILE}: eot_id or bos_id is missing or not a token id "
+                        f"of the tokenizer's {vocab:,}; prepare the dataset again")
+    return HfTokenizer(files, hf, eot_id=eot, bos_id=bos)
+
+
 def tokenizer_digest(directory: Path) -> str:
     """sha256 over a tokenizer directory's files: equal exactly when the ids mean the same."""
+    return _digest({p.name: p.read_bytes() for p in Path(directory).iterdir() if p.is_file()})
+
+
+def _digest(files: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(directory).iterdir() if p.is_file()):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name])
     return digest.hexdigest()
 
 
 def find_tokenizer(path: Path) -> Path:
-    """The tokenizer directory of `path`: a tokenizer directory itself, or a prepared dataset
-    or a run directory that holds one in tokenizer/."""
+    """The tokenizer directory of `path`: a tokenizer directory itself, a prepared dataset or
+    a run directory that holds one in tokenizer/, or a Hugging Face model directory (one
+    holding tokenizer.json; open it with `tokenizer_at`)."""
     path = Path(path)
     for directory in (path, path / "tokenizer"):
         if (directory / META_FILE).is_file():
             return directory
-    raise DataError(f"no tokenizer at {path}; give a prepared dataset, a run directory or a "
-                    f"tokenizer directory (one holding {META_FILE})")
+    if (path / hf_files.TOKENIZER_JSON).is_file():
+        return path
+    raise DataError(f"no tokenizer at {path}; give a prepared dataset, a run directory, a "
+                    f"tokenizer directory (one holding {META_FILE}) or a Hugging Face model "
+                    f"directory (one holding {hf_files.TOKENIZER_JSON})")
+
+
+def is_model_dir(directory: Path) -> bool:
+    """A directory `find_tokenizer` found that is a Hugging Face model's, not lmforge's."""
+    return not (Path(directory) / META_FILE).is_file()
+
+
+def tokenizer_at(directory: Path) -> Tokenizer:
+    """The tokenizer in a directory `find_tokenizer` returned."""
+    if is_model_dir(directory):
+        return HfTokenizer.from_model_dir(directory)
+    return load_tokenizer(directory)
+
+
+def given_digest(directory: Path, tokenizer: Tokenizer) -> str:
+    """The tokenizer_digest `tokenizer`, found at `directory`, has once saved as a dataset's:
+    of lmforge's directory as it is, of a model directory's what `save` copies of it (not the
+    weights beside it). The same tokenizer given either way gets the same digest."""
+    if isinstance(tokenizer, HfTokenizer) and is_model_dir(directory):
+        return tokenizer.digest()
+    return tokenizer_digest(directory)

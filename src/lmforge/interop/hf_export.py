@@ -39,10 +39,11 @@ def _rope_config(cfg: ModelConfig) -> dict | None:
     return scaling
 
 
-def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, dtype: torch.dtype) -> dict:
+def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, bos_id: int | None,
+               dtype: torch.dtype) -> dict:
     common = {"architectures": [CLASSES[family]], "model_type": family,
               "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
-              "bos_token_id": eot_id, "eos_token_id": eot_id,
+              "bos_token_id": bos_id, "eos_token_id": eot_id,
               "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
     if family == "gpt2":
         return {**common, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
@@ -97,9 +98,12 @@ def export_hf(model: nn.Module, model_cfg: ModelConfig, tokenizer: Tokenizer | N
     weights = to_hf_state_dict(model.state_dict(), model_cfg, family)
     save_file(weights, str(out_dir / WEIGHTS), metadata={"format": "pt"})
     eot = tokenizer.eot_id if tokenizer is not None else None
+    # bos: what the model's tokenizer starts a text with (Llama's), else eot as in GPT-2
+    bos = tokenizer.bos_id if tokenizer is not None and tokenizer.bos_id is not None else eot
     dtype = next(iter(weights.values())).dtype
-    write_json(out_dir / "config.json", _hf_config(model_cfg, family, eot_id=eot, dtype=dtype))
-    write_json(out_dir / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    write_json(out_dir / "config.json",
+               _hf_config(model_cfg, family, eot_id=eot, bos_id=bos, dtype=dtype))
+    write_json(out_dir / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eot})
     note = write_hf_tokenizer(tokenizer, out_dir, model_max_length=model_cfg.block_size)
     return f"wrote {CLASSES[family]} ({family}) to {out_dir}; {note}"
 

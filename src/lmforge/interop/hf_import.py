@@ -325,9 +325,8 @@ def load_pretrained(directory: Path, *,
     random initialization), given storage, and filled tensor by tensor, so loading a bf16
     model into bf16 needs about its own size and no more."""
     cfg = read_model_config(directory)
-    model = _meta_model(cfg)
+    model = _meta_model(cfg).to(dtype)  # on the meta device: no memory for fp32 first
     model.to_empty(device="cpu")
-    model = model.to(dtype)
     model.tie_weights()  # to_empty gave the tied layers a tensor each
     load_weights_into(model, directory)
     model.reset_buffers()  # the rotary tables, computed from the config

@@ -1,5 +1,9 @@
 """lmforge tokenizers as Hugging Face `tokenizers` (for export, so AutoTokenizer loads them),
-and a model directory's tokenizer as an lmforge tokenizer (for import)."""
+and a model directory's tokenizer as an lmforge tokenizer (for import).
+
+A model's own tokenizer ("hf", data/tokenizer.HfTokenizer) goes both ways unchanged: its
+files are copied as they came, so the export's AutoTokenizer is the original's, bos, eos and
+chat template included."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from lmforge.data.tokenizer import (
     BpeTokenizer,
     ByteTokenizer,
     CharTokenizer,
+    HfTokenizer,
     Tokenizer,
     load_tokenizer,
 )
@@ -56,6 +61,10 @@ def hf_tokenizer(tokenizer: Tokenizer) -> Any:
 def write_hf_tokenizer(tokenizer: Tokenizer | None, out_dir: Path, *, model_max_length: int) -> str:
     if tokenizer is None:
         return "no tokenizer given"
+    if isinstance(tokenizer, HfTokenizer):  # its own files, byte for byte, and lmforge's meta
+        tokenizer.save(out_dir)
+        return (f"the model's own tokenizer ({', '.join(sorted(tokenizer.files))}) as it came, "
+                f"eos = {tokenizer.token(tokenizer.eot_id)}")
     hf = hf_tokenizer(tokenizer)
     if hf is None:
         return (f"tokenizer skipped: the {tokenizer.kind} tokenizer has no HF `tokenizers` "
@@ -74,10 +83,9 @@ def write_hf_tokenizer(tokenizer: Tokenizer | None, out_dir: Path, *, model_max_
 
 def import_hf_tokenizer(directory: Path) -> Tokenizer:
     """An lmforge tokenizer from a model directory: lmforge's own files when present (an
-    export_hf directory), else tokenizer.json, else GPT-2's vocab.json + merges.txt.
-
-    lmforge's bpe tokenizer marks documents with <|endoftext|>; a tokenizer without that
-    token (Llama's </s>, <|end_of_text|>) cannot be wrapped and raises DataError.
+    export_hf directory), else tokenizer.json as the model's own ("hf") tokenizer, its end
+    of text the model's eos, else GPT-2's vocab.json + merges.txt as a bpe tokenizer, which
+    needs <|endoftext|> (DataError without it).
     """
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
@@ -85,10 +93,10 @@ def import_hf_tokenizer(directory: Path) -> Tokenizer:
     directory = Path(directory)
     if (directory / META_FILE).is_file():
         return load_tokenizer(directory)
+    if (directory / BPE_FILE).is_file():
+        return HfTokenizer.from_model_dir(directory)
     try:  # tokenizers raises plain Exception, with Rust's message, for a damaged file
-        if (directory / BPE_FILE).is_file():
-            hf = HFTokenizer.from_file(str(directory / BPE_FILE))
-        elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
             hf = HFTokenizer(models.BPE.from_file(str(directory / "vocab.json"),
                                                   str(directory / "merges.txt")))
             hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -2,7 +2,9 @@
 
 DIR is a Hugging Face GPT-2 or Llama-style model directory (`hf_import.import_hf`) or the
 output of `lmforge export --format safetensors` (`hf_import.import_safetensors`), for continued
-pre-training or fine-tuning on the user's corpus, with the user's tokenizer.
+pre-training or fine-tuning on the user's corpus. A dataset the run prepares (data.path not
+there yet) is tokenized with DIR's own tokenizer when it has one (data/prepare.ensure_dataset);
+a dataset prepared with another tokenizer is allowed, with a note (`check_tokenizer`).
 
 The architecture comes from DIR, since the weights only fit the model they were trained
 in: a recipe's [model] values are replaced (and said so), and a `--model.X` on the
@@ -19,14 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import nn
 
 from lmforge.config import Config, ModelConfig
 from lmforge.data import shards
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
-from lmforge.interop.hf_import import import_any, read_model_config
+from lmforge.interop.hf_import import load_weights_into, read_model_config
 from lmforge.interop.hf_tokenizer import import_hf_tokenizer
 
 RUN_OWN = ("dropout", "block_size")  # fields the new run may choose; see the module docstring
@@ -87,8 +90,9 @@ def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
 def check_tokenizer(cfg: Config) -> str:
     """The dataset's tokenizer must fit the imported embedding (vocab_size at least its
     vocabulary). A tokenizer other than DIR's is allowed, since the imported embeddings
-    are then relearned, but worth a note: returned, or "" for DIR's own tokenizer."""
-    from lmforge.data.tokenizer import load_tokenizer
+    are then relearned, but worth a note: returned, or "" for DIR's own tokenizer (which
+    a dataset that `lmforge train --init-from DIR` prepares has)."""
+    from lmforge.data.tokenizer import HfTokenizer, load_tokenizer, tokenizer_digest
 
     data = Path(cfg.data.path)
     manifest = shards.read_manifest(data)
@@ -103,9 +107,13 @@ def check_tokenizer(cfg: Config) -> str:
     except LmforgeError:
         theirs = None
     ours = load_tokenizer(data / manifest["tokenizer"]["dir"])
-    # the same vocabulary: every id decodes to the same text
-    same = (theirs is not None and theirs.vocab_size == ours.vocab_size
-            and all(theirs.decode([i]) == ours.decode([i]) for i in range(ours.vocab_size)))
+    # a model's own tokenizer: the same files; else the same vocabulary (every id decodes to
+    # the same text), which a tokenizer of another kind can have too
+    same = theirs is not None and (
+        (isinstance(theirs, HfTokenizer)
+         and theirs.digest() == tokenizer_digest(data / manifest["tokenizer"]["dir"]))
+        or (theirs.vocab_size == ours.vocab_size
+            and all(theirs.decode([i]) == ours.decode([i]) for i in range(ours.vocab_size))))
     if same:
         return ""
     return (f"note: the dataset's {ours.kind} tokenizer ({ours.vocab_size} tokens) is not the "
@@ -113,26 +121,29 @@ def check_tokenizer(cfg: Config) -> str:
             "tokens")
 
 
-def load_state(cfg: Config) -> dict[str, Tensor]:
-    """The weights of cfg.run.init_from, fitted to cfg.model (a shorter learned position
-    table cut to block_size)."""
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """The --init-from weights a run starts from, checked against the run's model but not
+    read yet: `load_into` streams them into the model one tensor at a time, so memory never
+    holds the weights twice."""
+
+    directory: Path
+
+
+def load_state(cfg: Config) -> PretrainedWeights:
+    """The weights of cfg.run.init_from, once its config still describes cfg.model."""
     directory = _directory(cfg.run.init_from)
-    imported, sd = import_any(directory)
+    imported = read_model_config(directory)
     differ = [f"{f.name}: {getattr(imported, f.name)} there, {getattr(cfg.model, f.name)} here"
               for f in dataclasses.fields(ModelConfig)
               if f.name not in RUN_OWN and getattr(imported, f.name) != getattr(cfg.model, f.name)]
     if differ or not _block_size_ok(imported, cfg.model.block_size):
         raise CheckpointError(f"{directory} changed since this run was set up "
                               f"({'; '.join(differ) or 'block_size'}); start a new run")
-    if "wpe.weight" in sd:
-        sd["wpe.weight"] = sd["wpe.weight"][:cfg.model.block_size]
-    return sd
+    return PretrainedWeights(directory)
 
 
-def load_into(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Copy `state` into a freshly built (not yet parallelized) model."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise CheckpointError(f"the --init-from weights do not fit the model ({first})") from None
+def load_into(model: nn.Module, weights: PretrainedWeights) -> None:
+    """Fill a freshly built (not yet parallelized) model with the weights, in its own dtype;
+    a learned position table longer than the run's context is cut to block_size."""
+    load_weights_into(model, weights.directory)

@@ -13,7 +13,8 @@ from lmforge.generate import generate_tokens
 
 def draw_samples(model: nn.Module, *, strategy: str, info: DistInfo, tokenizer: Tokenizer,
                  seed: int, device: torch.device, count: int, max_new_tokens: int) -> list[str]:
-    """Texts generated from an end-of-text token, with a generator of their own seeded by
+    """Texts generated from an end-of-text token (bos where the model's tokenizer starts a text
+    with one: Tokenizer.encode_prompt), with a generator of their own seeded by
     the run's seed, so sampling never moves the training RNG and every call starts from the
     same random draws. Under FSDP every rank takes part (the forward gathers parameters);
     under tensor parallelism the heads are split, which the KV cache does not follow, so
@@ -24,7 +25,7 @@ def draw_samples(model: nn.Module, *, strategy: str, info: DistInfo, tokenizer: 
         return []
     sampler = model if strategy == "fsdp" else unwrap(model)
     gen = torch.Generator(device=device).manual_seed(seed)
-    prompt = torch.full((count, 1), tokenizer.eot_id, dtype=torch.long, device=device)
+    prompt = torch.tensor([tokenizer.encode_prompt("")] * count, dtype=torch.long, device=device)
     steps = list(generate_tokens(sampler, prompt, max_new_tokens=max_new_tokens,
                                  temperature=0.8, top_k=50, generator=gen))
     ids = torch.stack(steps, dim=1).tolist()

@@ -13,11 +13,13 @@ import json
 import pytest
 import torch
 
+from lmforge.config import Config
+from lmforge.errors import ConfigError
 from lmforge.evaluate import cross_entropy
 from lmforge.generate import generate_tokens
 from lmforge.interop.hf_export import export_hf
 from lmforge.interop.hf_import import import_hf
-from lmforge.interop.init_from import _directory  # noqa: F401  (import check: the layer exists)
+from lmforge.interop.init_from import resolve_config
 from lmforge.models import build_model
 
 VOCAB = 320
@@ -151,3 +153,15 @@ def test_what_each_family_becomes_in_lmforge(transformers, tmp_path):
     assert (tiny.tie_embeddings, tiny.mlp_hidden, tiny.kv_heads) == (False, 352, 2)
     assert (llama3.head_size, llama3.rope_scaling, llama3.rope_factor) == (32, "llama3", 32.0)
     assert mistral.block_size == 96  # the sliding window bounds the context
+
+
+def test_a_context_beyond_mistrals_sliding_window_is_refused(transformers, tmp_path):
+    hf_model(transformers, FAMILIES["Mistral-7B"], tmp_path / "m")
+    cfg = Config()
+    cfg.run.init_from, cfg.model.block_size = str(tmp_path / "m"), 128
+    with pytest.raises(ConfigError, match="at most 96 .*sliding window"):
+        resolve_config(cfg, explicit={"model.block_size"})
+    cfg = Config()
+    cfg.run.init_from, cfg.model.block_size = str(tmp_path / "m"), 64
+    resolve_config(cfg, explicit={"model.block_size"})
+    assert cfg.model.block_size == 64  # a shorter context is the run's own choice

@@ -240,6 +240,19 @@ def _context(c: _Fields, family: str) -> int:
     return context
 
 
+def sliding_window(directory: Path) -> int | None:
+    """The attention window of a Mistral-style directory, or None: within it lmforge's full
+    causal attention computes what the model does, beyond it something else."""
+    raw = read_json(Path(directory) / "config.json")
+    if raw.get("model_type") not in LLAMA_LAYOUT:
+        return None
+    c = _Fields(raw, Path(directory) / "config.json")
+    if c.get("sliding_window") is None or not c.flag("use_sliding_window",
+                                                     c.get("model_type") == "mistral"):
+        return None
+    return c.size("sliding_window", 1, _MAX_CONTEXT)
+
+
 def _llama_config(c: _Fields, family: str) -> ModelConfig:
     n_embd, n_head = c.size("hidden_size", 4096), c.size("num_attention_heads", 32)
     if c.get("hidden_act", "silu") != "silu":

@@ -29,7 +29,7 @@ from torch import nn
 from lmforge.config import Config, ModelConfig
 from lmforge.data import shards
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
-from lmforge.interop.hf_import import load_weights_into, read_model_config
+from lmforge.interop.hf_import import load_weights_into, read_model_config, sliding_window
 from lmforge.interop.hf_tokenizer import import_hf_tokenizer
 
 RUN_OWN = ("dropout", "block_size")  # fields the new run may choose; see the module docstring
@@ -52,9 +52,21 @@ def _directory(path: str) -> Path:
     return directory
 
 
-def _block_size_ok(imported: ModelConfig, block_size: int) -> bool:
-    # rope tables are computed, not learned: any context works; learned positions stop at DIR's
-    return imported.pos == "rope" or block_size <= imported.block_size
+def _context_limit(imported: ModelConfig, directory: Path) -> tuple[int | None, str]:
+    """The longest context the run may choose, and why: learned positions stop at DIR's
+    table, a sliding window bounds what full attention computes alike; rope tables are
+    computed, so otherwise any context works."""
+    window = sliding_window(directory)
+    if window is not None:
+        return window, "(the model attends within a sliding window of that many tokens)"
+    if imported.pos == "learned":
+        return imported.block_size, "with learned positions"
+    return None, ""
+
+
+def _block_size_ok(imported: ModelConfig, block_size: int, directory: Path) -> bool:
+    limit, _ = _context_limit(imported, directory)
+    return limit is None or block_size <= limit
 
 
 def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
@@ -69,11 +81,11 @@ def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
         ours, theirs, key = getattr(cfg.model, f.name), getattr(imported, f.name), f"model.{f.name}"
         if f.name == "dropout" or ours == theirs:
             continue
-        if f.name == "block_size" and _block_size_ok(imported, ours) and key in explicit:
+        if f.name == "block_size" and _block_size_ok(imported, ours, directory) and key in explicit:
             continue
         if key in explicit:
-            hint = (f"; at most {imported.block_size} with learned positions"
-                    if f.name == "block_size" else "")
+            limit, why = _context_limit(imported, directory)
+            hint = f"; at most {limit} {why}" if f.name == "block_size" and limit else ""
             raise ConfigError(f"--{key}={ours} conflicts with the model in {directory} "
                               f"({f.name}={theirs}); drop it, the architecture comes from "
                               f"--init-from{hint}")
@@ -137,7 +149,7 @@ def load_state(cfg: Config) -> PretrainedWeights:
     differ = [f"{f.name}: {getattr(imported, f.name)} there, {getattr(cfg.model, f.name)} here"
               for f in dataclasses.fields(ModelConfig)
               if f.name not in RUN_OWN and getattr(imported, f.name) != getattr(cfg.model, f.name)]
-    if differ or not _block_size_ok(imported, cfg.model.block_size):
+    if differ or not _block_size_ok(imported, cfg.model.block_size, directory):
         raise CheckpointError(f"{directory} changed since this run was set up "
                               f"({'; '.join(differ) or 'block_size'}); start a new run")
     return PretrainedWeights(directory)

@@ -28,7 +28,7 @@ from lmforge.rundir import RunDir, write_config
 TINY = options(TINY_MODEL, QUIET, {
     "model.n_layer": "1", "model.n_embd": "16", "model.block_size": "16", "train.batch_size": "2",
     "train.max_steps": "2", "eval.every": "0", "eval.batches": "1", "train.threads": "1",
-    "train.report": "false", "train.tensorboard": "false", "data.path": "data/json"})
+    "train.report": "false", "log.to": "none", "data.path": "data/json"})
 
 
 def failed(proc: subprocess.CompletedProcess, verb: str, message: str) -> None:
@@ -117,10 +117,14 @@ def test_prepare_refuses_a_file_it_may_not_read(tmp_path):
         nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                   "--inh-caps=-all"]
         env = {**os.environ, "HOME": str(shared), "LMFORGE_CACHE": str(shared / "cache")}
-        probe = subprocess.run([*nobody, sys.executable, "-c", f"open({str(shared / 'd' / 'b.txt')!r})"],
+        # nobody must be able to run lmforge (a checkout in a directory of mode 700, as
+        # mktemp -d makes, is out of its reach) and not to read a file of mode 000
+        probe = subprocess.run([*nobody, sys.executable, "-c",
+                                f"import lmforge.cli.main; open({str(shared / 'd' / 'b.txt')!r})"],
                                capture_output=True, env=env)
         if probe.returncode == 0 or b"PermissionError" not in probe.stderr:
-            pytest.skip("this machine lets nobody read a file of mode 000, or run Python")
+            pytest.skip("nobody cannot run lmforge from this checkout, or may read a file of "
+                        "mode 000")
         proc = subprocess.run([*nobody, sys.executable, "-m", "lmforge", "prepare", "--data", "d",
                                "--out", "o", "--tokenizer", "byte", "--no-progress"],
                               cwd=shared, capture_output=True, text=True, env=env, timeout=300)

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -242,9 +243,9 @@ def _apply(manifest, edits):
             if how == "delete":
                 del node[key]
             elif how == "replace":
-                node[key] = value
+                node[key] = copy.deepcopy(value)  # st.just hands out one object every time
             elif isinstance(node, dict):
-                node[new_key] = value
+                node[new_key] = copy.deepcopy(value)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier edit took this place away
 

@@ -47,7 +47,7 @@ TINY = ["--model.n_layer=2", "--model.n_embd=32", "--model.block_size=32", "--tr
         "--eval.samples=0", "--eval.samples_at_eval=0", "--checkpoint.every=20",
         "--checkpoint.keep_last=10", "--optim.warmup_steps=10", "--model.dropout=0.1",
         "--data.path=data", "--data.source=", "--train.report=false",
-        "--train.tensorboard=false", "--train.threads=1"]
+        "--log.to=none", "--train.threads=1"]
 MODELS = {"gpt": ["--model.n_head=2"], "lstm": ["--model.arch=lstm"]}
 STEPS = 120
 
@@ -129,7 +129,7 @@ def checkpoint_overhead() -> float:
         data = Path(tmp) / "data"
         prepare([str(STDLIB / "json" / "*.py")], data, tokenizer=TokenizerConfig("char"),
                 log=lambda _: None)
-        cfg = load_config("default", {"data.path": str(data), "train.tensorboard": "false"})
+        cfg = load_config("default", {"data.path": str(data), "log.to": "none"})
         trainer = Trainer(local_plan(cfg, Path(tmp) / "run"))
         for _ in range(3):
             trainer.train_step()

@@ -31,7 +31,7 @@ MODEL = ["--model.n_layer=6", "--model.n_head=6", "--model.n_embd=384", "--model
          "--model.dropout=0.0"]
 COMMON = ["--train.progress=false", "--train.log_every=1", "--eval.every=0", "--eval.batches=1",
           "--eval.samples=0", "--checkpoint.every=0", "--checkpoint.keep_best=false",
-          "--optim.warmup_steps=5", "--train.tensorboard=false"]
+          "--optim.warmup_steps=5", "--log.to=none"]
 GLOBAL_BATCH = 8
 
 

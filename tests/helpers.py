@@ -197,7 +197,7 @@ def tiny_config(dataset: Path, run_dir: Path, *layers: dict[str, str]):
     from lmforge.config import load_config
 
     settings = {**TINY_MODEL, **QUIET, "model.block_size": "16", "train.max_steps": "30",
-                "checkpoint.every": "0", "eval.batches": "2", "train.tensorboard": "false",
+                "checkpoint.every": "0", "eval.batches": "2", "log.to": "none",
                 "data.path": str(dataset), "data.source": "", "run.dir": str(run_dir)}
     for layer in layers:
         settings.update(layer)

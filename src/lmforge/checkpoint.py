@@ -2,11 +2,13 @@
 
     RUN/checkpoints/step_00000500/    (the run directory's layout is rundir.py's)
         model.safetensors   the full weights, for eval, generate, export and anyone else
+                            (a LoRA run: its adapters only, here and in state/)
         state/              model and AdamW state in torch.distributed.checkpoint (DCP)
                             format: each rank writes its own shards, and a run saved on N
                             ranks loads on M, under any parallel strategy
         trainer.pt          step, loader position, every rank's RNG, best-validation record
-        meta.json           step, model config, sha256 of each file above
+        meta.json           step, model config, sha256 of each file above; for LoRA, the
+                            adapters' settings and their base model's sha256
     RUN/checkpoints/latest  name of the newest complete checkpoint
     RUN/checkpoints/best    name of the checkpoint with the best validation loss
 
@@ -33,8 +35,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_model, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
+from torch.distributed.checkpoint.state_dict import (  # _get_fqns: torch's own unwrapping of names
     StateDictOptions,
+    _get_fqns,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -55,18 +58,20 @@ META_FILE = "meta.json"
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """meta.json: the step, the model config the weights fit, and every file's sha256."""
+    """meta.json: the step, the model config the weights fit, and every file's sha256;
+    `lora` (interop/lora.py's record) when the checkpoint holds LoRA adapters, not a model."""
 
     step: int
     model: dict[str, Any]
     sha256: dict[str, str]
+    lora: dict[str, Any] | None = None
 
 
-def _full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every weight, gathered whole onto rank 0's CPU (collective: all ranks call it); tied
-    weights once, under their first name, as safetensors wants."""
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=True))
+def _full_weights(model: nn.Module, *, adapters_only: bool = False) -> dict[str, torch.Tensor]:
+    """Every weight (the trainable ones alone with `adapters_only`: a frozen base is not
+    saved), gathered whole onto rank 0's CPU (collective: all ranks call it); tied weights
+    once, under their first name, as safetensors wants."""
+    full = _model_state(model, adapters_only=adapters_only, full=True)
     seen: set[int] = set()
     weights = {}
     for name, t in full.items():
@@ -97,18 +102,38 @@ def _quiet_single_process() -> Iterator[None]:
         yield
 
 
-def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    adapters_only: bool = False) -> dict[str, Any]:
     """Model and optimizer state as DCP saves and loads it: sharded as the model is, keyed by
-    parameter names that are the same under every strategy."""
-    return {"model": get_model_state_dict(model),
+    parameter names that are the same under every strategy (the trainable weights alone
+    with `adapters_only`)."""
+    return {"model": _model_state(model, adapters_only=adapters_only),
             "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def _model_state(model: nn.Module, *, adapters_only: bool, full: bool = False) -> dict[str, Any]:
+    """The model's state dict (`full`: gathered whole onto rank 0's CPU), without its frozen
+    weights when `adapters_only`. torch's ignore_frozen_params looks each frozen parameter
+    up under one name only, so a frozen weight with two (the tied output layer) is dropped
+    here under the other as well."""
+    options = StateDictOptions(full_state_dict=full, cpu_offload=full,
+                               ignore_frozen_params=adapters_only)
+    state = get_model_state_dict(model, options=options)
+    if adapters_only:
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if not p.requires_grad:
+                for fqn in _get_fqns(model, name):  # its name in the state dict, unwrapped
+                    state.pop(fqn, None)
+    return state
 
 
 def save_checkpoint(run: RunDir, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], model_config: dict[str, Any],
-                    keep_last: int, is_best: bool = False, info: DistInfo = SINGLE) -> Path:
+                    keep_last: int, is_best: bool = False, info: DistInfo = SINGLE,
+                    lora: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step` atomically, point `latest` (and `best`) at it, prune old ones.
-    Every rank calls it; rank 0 writes all but the DCP shards."""
+    Every rank calls it; rank 0 writes all but the DCP shards. `lora` (a LoRA run's record,
+    the same on every rank): save the trainable adapters only, and that record in meta.json."""
     name = checkpoint_name(step)
     final, tmp = run.checkpoints / name, run.partial(name)
     exists = _intact(run, name) if info.is_main else False
@@ -116,7 +141,8 @@ def save_checkpoint(run: RunDir, *, step: int, model: nn.Module, optimizer: torc
         if info.is_main:
             _point(run, name, is_best=is_best, keep_last=keep_last)
         return final
-    weights = _full_weights(model)
+    adapters_only = lora is not None
+    weights = _full_weights(model, adapters_only=adapters_only)
     # Checked before anything is written, so a NaN or Inf never reaches a checkpoint, and
     # `latest` keeps pointing at the last good one. Rank 0 holds the full weights.
     bad = broadcast_object(_nonfinite(weights) if info.is_main else None, info)
@@ -129,11 +155,11 @@ def save_checkpoint(run: RunDir, *, step: int, model: nn.Module, optimizer: torc
                               "start again")
     try:
         _write(tmp, model=model, optimizer=optimizer, weights=weights,
-               trainer_state=trainer_state, info=info)
+               trainer_state=trainer_state, info=info, adapters_only=adapters_only)
         if info.is_main:
             files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
             meta = CheckpointMeta(step=step, model=model_config,
-                                  sha256={f: sha256_file(tmp / f) for f in files})
+                                  sha256={f: sha256_file(tmp / f) for f in files}, lora=lora)
             (tmp / META_FILE).write_text(json.dumps(dataclasses.asdict(meta), indent=2))
             os.replace(tmp, final)
             _point(run, name, is_best=is_best, keep_last=keep_last)
@@ -164,7 +190,8 @@ def _intact(run: RunDir, name: str) -> bool:
 
 
 def _write(tmp: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-           weights: dict[str, torch.Tensor], trainer_state: dict[str, Any], info: DistInfo) -> None:
+           weights: dict[str, torch.Tensor], trainer_state: dict[str, Any], info: DistInfo,
+           adapters_only: bool) -> None:
     """Every file of a checkpoint but meta.json, into `tmp` (each rank its DCP shards)."""
     if info.is_main:
         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +199,8 @@ def _write(tmp: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
         tmp.mkdir()
     barrier(info)
     with _quiet_single_process():
-        dcp.save(_training_state(model, optimizer), checkpoint_id=str(tmp / STATE_DIR),
+        dcp.save(_training_state(model, optimizer, adapters_only=adapters_only),
+                 checkpoint_id=str(tmp / STATE_DIR),
                  no_dist=not _in_group())
     if info.is_main:
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -247,9 +275,11 @@ def verify(path: Path) -> CheckpointMeta:
     """meta.json of checkpoint `path` after checking every file's sha256."""
     try:
         raw = json.loads((path / META_FILE).read_text())
+        lora = raw.get("lora")
         meta = CheckpointMeta(step=int(raw["step"]), model=dict(raw["model"]),
-                              sha256=dict(raw["sha256"]))
-    except (OSError, ValueError, KeyError, TypeError):
+                              sha256=dict(raw["sha256"]),
+                              lora=dict(lora) if lora is not None else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise CheckpointError(f"{path} is incomplete (meta.json missing or unreadable)") from None
     for name, digest in meta.sha256.items():
         if not (path / name).is_file() or sha256_file(path / name) != digest:
@@ -331,12 +361,18 @@ def check_model_config(meta: CheckpointMeta, model_config: dict[str, Any], *, pa
                               "drop those overrides or start a new run")
 
 
-def load_weights(path: Path, model: nn.Module) -> None:
+def load_weights(path: Path, model: nn.Module, *, adapters_only: bool = False) -> None:
+    """The weights of checkpoint `path` into `model`: all of them, or with `adapters_only`
+    (a LoRA checkpoint) every trainable one, the frozen base being the model's own."""
     try:
         missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
     except RuntimeError as err:  # same names, other shapes
         first = str(err).split("\n")[1].strip() if "\n" in str(err) else str(err)
         raise CheckpointError(f"{path} does not fit this model ({first}); start a new run") from None
+    if adapters_only:
+        frozen = {n for n, p in model.named_parameters(remove_duplicate=False)
+                  if not p.requires_grad}
+        missing = [n for n in missing if n not in frozen]
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit this model (missing {sorted(missing)[:3]}, "
                               f"unexpected {sorted(unexpected)[:3]}); start a new run")
@@ -358,16 +394,19 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_training_state(path: Path, *, model: nn.Module,
-                        optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        adapters_only: bool = False) -> dict[str, Any]:
     """Load model and optimizer state into this rank's (possibly sharded) model, whatever the
-    number of ranks and the strategy that saved it; the trainer state for the caller."""
+    number of ranks and the strategy that saved it; the trainer state for the caller. With
+    `adapters_only` (LoRA) the trainable weights alone: DCP loads every one of them or
+    fails, and the frozen base stays the model's own."""
     if not (path / STATE_DIR).is_dir():
         raise CheckpointError(f"{path} was written by an older lmforge (no {STATE_DIR}/); "
                               "it can be evaluated but not resumed; start a new run")
-    state = _training_state(model, optimizer)
+    state = _training_state(model, optimizer, adapters_only=adapters_only)
     with _quiet_single_process():  # through admitted classes only: a hostile file runs nothing
         safe_dcp.load(state, path / STATE_DIR, no_dist=not _in_group())
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"],
+                         options=StateDictOptions(strict=not adapters_only))
     set_optimizer_state_dict(model, optimizer, state["optim"])
     return read_trainer_state(path)

@@ -507,7 +507,7 @@ def validate_log(log: LogConfig) -> None:
         if name not in TRACKERS:
             near = difflib.get_close_matches(name, list(TRACKERS), n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ConfigError(f"log.to: '{name}' is not a tracker; choose from "
+            raise ConfigError(f"log.to: {name!r} is not a tracker; choose from "
                               f"{', '.join(TRACKERS)} (comma-separated) or none{hint}")
 
 

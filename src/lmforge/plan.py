@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lmforge import checkpoint
-from lmforge.config import Config, load_config, validate
+from lmforge.config import Config, load_config, require_trackers, validate
 from lmforge.console import log
 from lmforge.data import shards
 from lmforge.data.prepare import ensure_dataset
@@ -39,7 +39,7 @@ from lmforge.distributed.env import SINGLE, DistInfo
 from lmforge.distributed.parallelize import resolve_strategy
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.files import DISK_FULL
-from lmforge.interop import init_from
+from lmforge.interop import init_from, lora
 from lmforge.locks import DirectoryLock
 from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, new_run_dir, read_run_config, write_config
@@ -169,6 +169,7 @@ def _decide(request: TrainRequest, cfg: Config, info: DistInfo,
             held: contextlib.ExitStack) -> _Decision:
     """Rank 0: the run directory (locked in `held`: one process trains a run at a time), the
     resolved config and the resume point."""
+    require_trackers(cfg.log)  # before a run directory exists: a missing package is one line
     if request.resume is not None:
         held.enter_context(DirectoryLock(request.resume, what="train"))
         return _resume(RunDir(request.resume), cfg, info)
@@ -229,6 +230,7 @@ def _resume(run: RunDir, cfg: Config, info: DistInfo) -> _Decision:
             f"trained again from {path.name}")
     meta = checkpoint.verify(path)
     checkpoint.check_model_config(meta, asdict(cfg.model), path=path)
+    lora.check_resume(meta.lora, cfg, path=path)
     check_tokenizer(cfg, run)
     saved = read_run_config(run)
     if Path(saved.data.path).resolve() != Path(cfg.data.path).resolve():

@@ -5,7 +5,8 @@
     RUN/metrics.jsonl      train, eval and state records
     RUN/loss.png           loss curves
     RUN/report.html        the run on one page, its figures in RUN/figures/
-    RUN/tb/                TensorBoard event files
+    RUN/tb/                TensorBoard event files (log.to=tensorboard)
+    RUN/wandb/, RUN/mlruns/  W&B's offline runs and MLflow's local store (log.to=wandb,mlflow)
     RUN/samples.txt        samples printed at the end of training
     RUN/samples.jsonl      samples drawn at each evaluation
     RUN/samples-rankN.jsonl  the windows rank N trained on (train.record_samples)
@@ -85,6 +86,16 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tb"
+
+    @property
+    def mlruns(self) -> Path:
+        """MLflow's local store, when log.to has mlflow and no MLFLOW_TRACKING_URI is set."""
+        return self.path / "mlruns"
+
+    @property
+    def wandb(self) -> Path:
+        """Where W&B writes its runs (offline ones until `wandb sync`), with log.to=wandb."""
+        return self.path / "wandb"
 
     @property
     def samples(self) -> Path:

@@ -105,6 +105,23 @@ def test_strategy_matches_one_process(work, strategy, nproc, micro, extra):
     assert sum('"kind": "train"' in line for line in lines) == STEPS
 
 
+# Llama-shaped, with grouped-query attention: 4 query heads over 2 key/value heads, so 2-way
+# tensor parallelism gives each rank one key/value head and the two query heads it serves
+GQA = ["--model.norm=rmsnorm", "--model.mlp=swiglu", "--model.pos=rope", "--model.n_kv_head=2"]
+
+
+@pytest.mark.parametrize(("strategy", "micro"), [("tp", 8), ("fsdp", 4)])
+def test_grouped_query_attention_splits_as_one_process(work, strategy, micro):
+    reference = work / "runs" / "gqa-single"
+    if not reference.exists():
+        run(single(f"--train.max_steps={STEPS}", f"--train.batch_size={GLOBAL_BATCH}",
+                   f"--run.dir={reference}", *GQA), cwd=work)
+    name = f"runs/gqa-{strategy}"
+    run(torchrun(2, f"--train.max_steps={STEPS}", f"--train.batch_size={micro}",
+                 f"--parallel.strategy={strategy}", f"--run.dir={name}", *GQA), cwd=work)
+    assert_same_run(work / name, reference)
+
+
 def test_saved_on_two_fsdp_ranks_resumes_on_one_and_on_four(work):
     run(torchrun(2, f"--train.max_steps={STEPS}", "--train.batch_size=4",
                  "--parallel.strategy=fsdp", "--run.dir=runs/saved2"), cwd=work)

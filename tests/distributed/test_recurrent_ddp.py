@@ -22,7 +22,7 @@ TINY = options(TINY_MODEL, QUIET, {
     "model.arch": "lstm", "train.max_steps": str(STEPS), "train.log_every": "1",
     "eval.every": "6", "eval.batches": "2", "checkpoint.every": "6", "checkpoint.keep_last": "4",
     "optim.warmup_steps": "3", "model.dropout": "0.0", "data.path": "data", "data.source": "",
-    "train.tensorboard": "false", "train.report": "false",
+    "log.to": "none", "train.report": "false",
     "train.precision": "fp32"})  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 GLOBAL_BATCH = 8
 

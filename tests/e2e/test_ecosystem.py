@@ -21,7 +21,7 @@ SETTINGS = {
     "train.threads": "1",
     "train.precision": "fp32"}  # float32: these tests compare code paths at tight tolerances (bf16 has its own test)
 TINY = options(TINY_MODEL, QUIET, SETTINGS)
-NO_FILES = {"train.tensorboard": "false", "train.report": "false"}
+NO_FILES = {"log.to": "none", "train.report": "false"}
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 

@@ -6,7 +6,7 @@ from helpers import QUIET, TINY_MODEL, json_corpus, lmforge, options, records
 
 TINY = options(TINY_MODEL, QUIET, {"train.log_every": "1", "eval.every": "5",
                                    "eval.batches": "2", "checkpoint.every": "5",
-                                   "train.report": "false", "train.tensorboard": "false",
+                                   "train.report": "false", "log.to": "none",
                                    "data.path": "data/json", "data.source": ""})
 
 

@@ -25,7 +25,7 @@ from lmforge.data import shards
 TINY = options(TINY_MODEL, QUIET, {
     "model.n_layer": "1", "model.n_embd": "16", "model.block_size": "16", "train.batch_size": "2",
     "train.max_steps": "2", "eval.every": "0", "eval.batches": "1", "train.threads": "1",
-    "train.report": "false", "train.tensorboard": "false", "data.path": "data/json",
+    "train.report": "false", "log.to": "none", "data.path": "data/json",
     "data.source": ""})
 FEW = settings(max_examples=20, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture,

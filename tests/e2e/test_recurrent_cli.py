@@ -13,7 +13,7 @@ TINY_LSTM = options(TINY_MODEL, QUIET, {
     "model.arch": "lstm", "train.log_every": "1", "eval.every": "40", "eval.batches": "2",
     "checkpoint.every": "20", "optim.warmup_steps": "10", "model.dropout": "0.1",
     "data.path": "data/json", "data.source": "", "train.report": "false",
-    "train.tensorboard": "false"})
+    "log.to": "none"})
 
 
 def lmforge(*args, **kwargs):
@@ -51,7 +51,7 @@ def tiny_recipe(path: Path, arch: str) -> Path:
     model = ('arch = "gpt"\nn_layer = 1\nn_head = 2\nn_embd = 32\n' if arch == "gpt"
              else f'arch = "{arch}"\nn_layer = 1\nn_embd = 32\n')
     path.write_text(f"[model]\n{model}block_size = 32\n\n[train]\nbatch_size = 4\n"
-                    "progress = false\nlog_every = 2\nreport = false\ntensorboard = false\n\n[optim]\nwarmup_steps = 2\n")
+                    "progress = false\nlog_every = 2\nreport = false\n\n[optim]\nwarmup_steps = 2\n\n[log]\nto = \"none\"\n")
     return path
 
 

@@ -24,7 +24,7 @@ TINY = options(TINY_MODEL, QUIET, {"train.log_every": "1", "eval.every": "10",
                                    "eval.batches": "2", "checkpoint.every": "10",
                                    "checkpoint.keep_last": "10", "optim.warmup_steps": "5",
                                    "train.threads": "1", "train.report": "false",
-                                   "train.tensorboard": "false", "data.path": "data/json",
+                                   "log.to": "none", "data.path": "data/json",
                                    "data.source": "", "train.max_steps": "30"})
 
 

@@ -196,12 +196,17 @@ def _local_bytes(t: torch.Tensor) -> int:
 def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Bytes of parameters, gradients and optimizer state this rank holds: its shards under
     FSDP and tensor parallelism, everything under DDP. Gradients are counted as large as
-    their parameters (they are, during a step)."""
+    their parameters (they are, during a step); frozen ones (a LoRA base) have none."""
     params = {id(p): p for p in model.parameters()}.values()
     weights = sum(_local_bytes(p) for p in params)
-    optim = sum(_local_bytes(v) for state in optimizer.state.values() for v in state.values()
-                if isinstance(v, torch.Tensor))
-    return 2 * weights + optim
+    grads = sum(_local_bytes(p) for p in params if p.requires_grad)
+    return weights + grads + optimizer_state_bytes(optimizer)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state on this rank (AdamW: two moments per trained weight)."""
+    return sum(_local_bytes(v) for state in optimizer.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor))
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -38,7 +38,7 @@ from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, checkpoint_name
 
 # Settings that make the two runs quick and comparable, whatever the recipe says.
-FORCED = {"train.log_every": "1", "train.progress": "false", "train.tensorboard": "false",
+FORCED = {"train.log_every": "1", "train.progress": "false", "log.to": "none",
           "train.report": "false", "train.max_minutes": "0", "eval.samples": "0",
           "eval.samples_at_eval": "0",
           # keep the middle checkpoint whatever else is saved (best checkpoints, the last one)

@@ -4,6 +4,7 @@ It builds the recipe's model, optimizer and loader exactly as `lmforge train` do
 temporary run directory that is removed afterwards: nothing is saved), runs --warmup
 training steps untimed (thread pools, allocator, compilation), then times --steps steps
 and prints tokens/s, time per step, model FLOPs per token, MFU against the device's peak,
+the trained parameters and their optimizer state (a LoRA config trains its adapters alone),
 and peak memory. The peak is measured again by a matrix-multiply probe (unless
 train.peak_tflops gives it), and the cached figure keeps the best seen, so a probe taken
 while the machine was busy is corrected by the next one.
@@ -24,6 +25,7 @@ from lmforge.config import load_config
 from lmforge.console import log
 from lmforge.data.prepare import ensure_dataset
 from lmforge.distributed.device import precision_name
+from lmforge.distributed.parallelize import optimizer_state_bytes
 from lmforge.errors import LmforgeError
 from lmforge.plan import local_plan
 from lmforge.recipes import recipe_path
@@ -56,6 +58,8 @@ class BenchResult:
     mfu: float
     memory_mb: float
     memory_kind: str
+    trainable_params: int = 0  # what the optimizer updates: all, or a LoRA run's adapters
+    optimizer_bytes: int = 0  # its state (AdamW's moments) after the timed steps
 
 
 def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
@@ -64,7 +68,7 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
         raise LmforgeError(f"--steps must be at least 1, got {steps}")
     if warmup < 0:
         raise LmforgeError(f"--warmup must be 0 or more, got {warmup}")
-    cfg = load_config(recipe, {**overrides, "train.tensorboard": "false", "train.report": "false",
+    cfg = load_config(recipe, {**overrides, "log.to": "none", "train.report": "false",
                                "train.progress": "false"})
     cfg.train.max_steps = max(cfg.train.max_steps, warmup + steps)  # the schedule's horizon
     ensure_dataset(cfg, log=log)
@@ -89,7 +93,9 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
         step_ms_median=statistics.median(times) * 1e3, step_ms_min=min(times) * 1e3,
         tokens_per_s=tokens_per_s, flops_per_token=flops, peak_tflops=peak / 1e12,
         peak_source=source, mfu=mfu.mfu(tokens_per_s, flops_per_token=flops, peak=peak),
-        memory_mb=memory, memory_kind="peak CUDA allocated" if cuda else "peak RSS")
+        memory_mb=memory, memory_kind="peak CUDA allocated" if cuda else "peak RSS",
+        trainable_params=sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad),
+        optimizer_bytes=optimizer_state_bytes(trainer.optimizer))
 
 
 def _timed_steps(trainer: Trainer, *, steps: int, warmup: int) -> list[float]:
@@ -120,5 +126,7 @@ def describe(r: BenchResult) -> str:
         f"  throughput   {r.tokens_per_s:,.0f} tokens/s",
         f"  MFU          {r.mfu:.1%}  ({r.flops_per_token / 1e6:,.2f} MFLOPs per token; "
         f"peak {r.peak_tflops:,.3g} TFLOP/s, {r.peak_source})",
+        f"  trained      {r.trainable_params:,} parameters, optimizer state "
+        f"{r.optimizer_bytes / 2**20:,.1f} MiB",
         f"  memory       {r.memory_mb:,.0f} MiB {r.memory_kind}",
     ])

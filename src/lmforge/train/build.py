@@ -6,31 +6,53 @@ parallel): every rank builds the model on the meta device (shapes, no storage), 
 then materializes its own shards from rank 0's weights, so no rank but 0 ever holds a full
 copy. Either way every strategy starts from exactly the weights one process would have:
 those the run's seed draws, or the --init-from weights rank 0 was given.
+
+With LoRA (lora.r > 0) those weights are the frozen base: rank 0 takes their sha256 (the
+name a LoRA checkpoint gives its base), then every rank gives its model the adapters
+(interop/lora.py) before it is parallelized, so DDP and FSDP see base and adapters alike.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lmforge.config import ModelConfig
 from lmforge.config_checks import human_bytes, model_params
+from lmforge.distributed.env import broadcast_object
 from lmforge.distributed.parallelize import SHARDED, full_weights, load_from_rank0, parallelize
 from lmforge.errors import ConfigError
 from lmforge.generate import available_memory
-from lmforge.interop.init_from import load_into
+from lmforge.interop.init_from import PretrainedWeights, load_into
+from lmforge.interop.lora import LoraBase, apply_lora, base_origin, state_digest
 from lmforge.models import LanguageModel, build_model
 from lmforge.plan import RunPlan
 
 # float32 weights, their gradients and AdamW's two moments: what training holds per weight
 TRAINING_BYTES_PER_PARAM = 16
+FROZEN_BYTES_PER_PARAM = 4  # a LoRA base: float32 weights, no gradient, no optimizer state
 
 
-def check_fits(cfg: ModelConfig, device: torch.device, *, shards: int = 1) -> None:
+@dataclass(frozen=True)
+class BuiltModel:
+    """What a rank trains: the model itself, the model as this rank runs it (wrapped or
+    sharded), and for LoRA the frozen base the adapters sit on (the same on every rank)."""
+
+    raw: LanguageModel
+    model: nn.Module
+    lora_base: LoraBase | None = None
+
+
+def check_fits(cfg: ModelConfig, device: torch.device, *, shards: int = 1,
+               frozen: bool = False) -> None:
     """Refuse, before allocating anything, a model whose weights, gradients and optimizer
-    state (split over `shards` ranks) need more memory than `device` has free."""
+    state (split over `shards` ranks; the weights alone when `frozen`, a LoRA base) need
+    more memory than `device` has free."""
     free = available_memory(device)
-    need = TRAINING_BYTES_PER_PARAM * model_params(cfg) // max(1, shards)
+    per_param = FROZEN_BYTES_PER_PARAM if frozen else TRAINING_BYTES_PER_PARAM
+    need = per_param * model_params(cfg) // max(1, shards)
     if free is not None and need > free:
         raise ConfigError(f"the model ({model_params(cfg):,} parameters) does not fit in "
                           f"memory on {device}: its weights, gradients and optimizer state "
@@ -53,24 +75,30 @@ def _built(cfg: ModelConfig, device: torch.device) -> LanguageModel:
 
 
 def build_for_rank(plan: RunPlan, *,
-                   init_state: dict[str, torch.Tensor] | None = None) -> tuple[LanguageModel, nn.Module]:
-    """(the model itself, the model as this rank trains it: wrapped or sharded).
-    `init_state` (rank 0's --init-from weights) replaces the initial weights."""
+                   init_state: PretrainedWeights | None = None) -> BuiltModel:
+    """The model this rank trains. `init_state` (rank 0's --init-from weights) replaces the
+    initial weights."""
     cfg = plan.cfg
-    sharded = plan.strategy in SHARDED
-    check_fits(cfg.model, plan.device, shards=plan.info.world_size if sharded else 1)
+    sharded, lora = plan.strategy in SHARDED, cfg.lora.r > 0
+    check_fits(cfg.model, plan.device, shards=plan.info.world_size if sharded else 1,
+               frozen=lora)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-    weights = None
+    weights, digest = None, None
     if not sharded or plan.is_main:
         raw = _built(cfg.model, torch.device("cpu") if sharded else plan.device)
         if init_state is not None:  # --init-from: weights from elsewhere, before any sharding
             load_into(raw, init_state)
+        if lora:  # the base as loaded: what its checkpoints name it by
+            digest = state_digest(raw) if plan.is_main else None
+            apply_lora(raw, cfg.lora, seed=cfg.run.seed)
         if sharded:
             weights = full_weights(raw)
             del raw
     if sharded:
         with torch.device("meta"):
             raw = build_model(cfg.model)
+            if lora:
+                apply_lora(raw, cfg.lora, seed=cfg.run.seed)
     # FSDP gathers parameters in bf16 when the run computes in it (reductions stay fp32)
     param_dtype = torch.bfloat16 if plan.compute_dtype == torch.bfloat16 else None
     model = parallelize(raw, raw.parallel_plan(), cfg.parallel, plan.info, strategy=plan.strategy,
@@ -80,4 +108,6 @@ def build_for_rank(plan: RunPlan, *,
         raw.tie_weights()  # to_empty gives each module a parameter of its own
         load_from_rank0(model, weights)
         raw.reset_buffers()
-    return raw, model
+    base = (LoraBase(sha256=broadcast_object(digest, plan.info), origin=base_origin(cfg))
+            if lora else None)
+    return BuiltModel(raw=raw, model=model, lora_base=base)

@@ -12,17 +12,17 @@ from lmforge.console import Progress, log
 
 class MetricsLog:
     """Append-only JSON lines, one record per logged step or evaluation; each record also
-    goes to `tensorboard` (a train.tensorboard.TensorBoard) when one is given."""
+    goes to `trackers` (a train.trackers.Trackers) when one is given."""
 
-    def __init__(self, path: Path, *, tensorboard: Any = None) -> None:
+    def __init__(self, path: Path, *, trackers: Any = None) -> None:
         self.path = Path(path)
-        self.tensorboard = tensorboard
+        self.trackers = trackers
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            self.tensorboard.write(record)
+        if self.trackers is not None:
+            self.trackers.write(record)
 
     def read(self) -> list[dict[str, Any]]:
         """The records; a line that is not one (cut short by a crash or a full disk, or

@@ -41,11 +41,11 @@ def train_run(plan: RunPlan) -> TrainOutcome:
         log(f"{run} already finished at step {plan.resume_step} (train.max_steps="
             f"{cfg.train.max_steps}); raise --train.max_steps to train further")
         return TrainOutcome(exit_code=0)
-    # rank 0 reads --init-from's weights; the other ranks receive them from it
-    fresh = plan.resume_from is None
-    init_state = load_state(cfg) if cfg.run.init_from and fresh and plan.is_main else None
+    # rank 0 reads --init-from's weights; the other ranks receive them from it. A LoRA run's
+    # checkpoints hold its adapters only, so a resumed one reads its base again.
+    needs_base = plan.resume_from is None or cfg.lora.r > 0
+    init_state = load_state(cfg) if cfg.run.init_from and needs_base and plan.is_main else None
     trainer = Trainer(plan, init_state=init_state)
-    del init_state  # the model holds its own copy now
     if plan.resume_from is not None:
         trainer.restore(plan.resume_from)
     else:
@@ -58,7 +58,7 @@ def train_run(plan: RunPlan) -> TrainOutcome:
     outcome = TrainOutcome(exit_code=0, fit=result, params=trainer.raw_model.num_params(),
                            tokens=trainer.counters.tokens)
     if result.signal:  # preempted: saved, and no time to spend on samples and reports
-        trainer.tb.close()
+        trainer.trackers.close()
         env.barrier(plan.info)  # torchrun ends every rank once one exits: let all finish first
         return TrainOutcome(exit_code=preemption.exit_code(result.signal), fit=result,
                             params=outcome.params, tokens=outcome.tokens)
@@ -67,6 +67,6 @@ def train_run(plan: RunPlan) -> TrainOutcome:
         shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
         run.samples.write_text(shown.lstrip("\n"))
         print(shown)
-    trainer.tb.samples(texts, step=trainer.counters.step)
-    trainer.tb.close()
+    trainer.trackers.samples(texts, step=trainer.counters.step)
+    trainer.trackers.close()
     return outcome

@@ -41,8 +41,10 @@ from lmforge.distributed.parallelize import (
     gradient_sync,
     model_state_bytes,
 )
-from lmforge.errors import LmforgeError
+from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.evaluate import cross_entropy, split_loss, summarize
+from lmforge.interop import lora
+from lmforge.interop.init_from import PretrainedWeights
 from lmforge.models.rnn import RecurrentLM
 from lmforge.plan import RunPlan
 from lmforge.train import mfu
@@ -54,12 +56,12 @@ from lmforge.train.profiling import StepProfiler
 from lmforge.train.sampling import draw_samples
 from lmforge.train.state import Clock, Counters, FitResult
 from lmforge.train.streams import StreamStates
-from lmforge.train.tensorboard import TensorBoard
+from lmforge.train.trackers import Trackers
 
 
 class Trainer:
     def __init__(self, plan: RunPlan, *,
-                 init_state: dict[str, torch.Tensor] | None = None) -> None:
+                 init_state: PretrainedWeights | None = None) -> None:
         self.plan, self.cfg, self.run, self.info = plan, plan.cfg, plan.run, plan.info
         cfg, info = plan.cfg, plan.info
         self.device, self.strategy = plan.device, plan.strategy
@@ -70,7 +72,9 @@ class Trainer:
         data_dir = Path(cfg.data.path)
         self.manifest = shards.verify(data_dir)
         self.tokenizer = load_tokenizer(data_dir / self.manifest["tokenizer"]["dir"])
-        self.raw_model, self.model = build_for_rank(plan, init_state=init_state)
+        built = build_for_rank(plan, init_state=init_state)
+        self.raw_model, self.model = built.raw, built.model
+        self.lora_base = built.lora_base  # LoRA: the frozen base, which checkpoints leave out
         self.recurrent = isinstance(self.raw_model, RecurrentLM)
         self.flops_per_token = self.raw_model.flops_per_token()  # before sharding changes shapes
         self.optimizer = build_optimizer(self.model, cfg.optim, device_type=self.device.type,
@@ -91,11 +95,11 @@ class Trainer:
         self.counters = Counters()
         self._start = time.perf_counter()  # of fit(); eval records give the time since
         self._last_eval = -1  # the step of the last evaluation in fit()
-        split = self.manifest["splits"]["train"]  # train loss → bits per byte, for TensorBoard
-        self.tb = TensorBoard(self.run.tensorboard, enabled=cfg.train.tensorboard and info.is_main,
-                              bpb_factor=split["tokens"] / (split["bytes"] * math.log(2))
-                              if split["bytes"] else math.nan)
-        self.metrics = MetricsLog(self.run.metrics, tensorboard=self.tb)
+        split = self.manifest["splits"]["train"]  # train loss → bits per byte, for the trackers
+        self.trackers = Trackers(self.run, cfg, enabled=info.is_main,
+                                 bpb_factor=split["tokens"] / (split["bytes"] * math.log(2))
+                                 if split["bytes"] else math.nan)
+        self.metrics = MetricsLog(self.run.metrics, trackers=self.trackers)
         # one record per data-parallel rank: the ranks of a tensor-parallel group share windows
         self.samples_log = (MetricsLog(self.run.rank_samples(info.rank))
                             if cfg.train.record_samples and info.tp_rank == 0 else None)
@@ -124,12 +128,16 @@ class Trainer:
         return checkpoint.save_checkpoint(
             self.run, step=self.counters.step, model=self.model, optimizer=self.optimizer,
             trainer_state=state, model_config=dataclasses.asdict(self.cfg.model),
-            keep_last=self.cfg.checkpoint.keep_last, is_best=is_best, info=self.info)
+            keep_last=self.cfg.checkpoint.keep_last, is_best=is_best, info=self.info,
+            lora=lora.record(self.cfg, self.lora_base) if self.lora_base else None)
 
     def restore(self, path: Path) -> None:
         """Continue from checkpoint `path` (the plan's resume point, checked by rank 0), which
         may have been written by another number of ranks or another strategy."""
-        state = checkpoint.load_training_state(path, model=self.model, optimizer=self.optimizer)
+        if self.lora_base is not None:
+            self._check_lora_base(path, self.lora_base)
+        state = checkpoint.load_training_state(path, model=self.model, optimizer=self.optimizer,
+                                               adapters_only=self.lora_base is not None)
         self.counters = Counters(**state["counters"])
         self.train_data.load_state_dict(state["loader"])
         if self.streams is not None:
@@ -144,12 +152,25 @@ class Trainer:
         log(f"resumed from {path} at step {self.counters.step}"
             + (f" (saved on {saved_on} processes)" if saved_on != self.info.world_size else ""))
 
+    def _check_lora_base(self, path: Path, base: lora.LoraBase) -> None:
+        """Adapters continue only on the base they were trained on (rank 0 reads the record;
+        every rank stops alike when it differs)."""
+        problem = None
+        if self.info.is_main:
+            try:
+                lora.check_base(checkpoint.verify(path).lora or {}, base, path=path)
+            except LmforgeError as err:
+                problem = str(err)
+        problem = env.broadcast_object(problem, self.info)
+        if problem:
+            raise CheckpointError(problem)
+
     def forget_after(self, step: int) -> None:
         """Forget what an interrupted attempt recorded past `step` (0: all of it), since this
         one does those steps again."""
         if self.info.is_main:
             self.metrics.truncate_after(step)
-            self.tb.purge_after(step)
+            self.trackers.purge_after(step)
             for path in self.run.all_rank_samples():  # of every rank it had
                 MetricsLog(path).truncate_after(step - 1)
             MetricsLog(self.run.eval_samples).truncate_after(step)
@@ -262,13 +283,13 @@ class Trainer:
 
     def _eval_samples(self) -> None:
         """A few samples at each evaluation, to watch the text improve (RUN/samples.jsonl,
-        the report and TensorBoard); each evaluation starts from the same random draws, so
+        the report and the trackers); each evaluation starts from the same random draws, so
         only the model differs."""
         texts = self.samples(count=self.cfg.eval.samples_at_eval,
                              max_new_tokens=self.cfg.eval.sample_tokens)
         if texts and self.info.is_main:
             MetricsLog(self.run.eval_samples).write({"step": self.counters.step, "texts": texts})
-            self.tb.samples(texts, step=self.counters.step, tag="samples/eval")
+            self.trackers.samples(texts, step=self.counters.step, tag="samples/eval")
 
     def samples(self, *, count: int, max_new_tokens: int) -> list[str]:
         return draw_samples(self.model, strategy=self.strategy, info=self.info,
@@ -319,6 +340,11 @@ class Trainer:
         log(f"model: {cfg.model.arch}, {self.raw_model.num_params():,} parameters; device "
             f"{self.device}, {precision}" + (f"; {info.world_size} processes, {self.strategy}"
                                              if info.distributed else ""))
+        if self.lora_base is not None:
+            trainable = lora.trainable_params(self.raw_model)
+            log(f"LoRA r={cfg.lora.r}, alpha {cfg.lora.alpha:g}: {trainable:,} trainable "
+                f"parameters ({trainable / self.raw_model.num_params():.2%}); frozen base "
+                f"sha256 {self.lora_base.sha256[:12]}, {self.lora_base.origin}")
         log(f"global batch: {t.batch_size} sequences x {t.grad_accum} accumulation x "
             f"{info.dp_size} data-parallel = {d.global_batch} sequences, "
             f"{d.global_batch * cfg.model.block_size:,} tokens per step")

@@ -94,9 +94,14 @@ def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
         setattr(cfg.model, f.name, theirs)
     cfg.run.init_from = str(directory.resolve())
     m = cfg.model
-    return (f"model from {directory}: {m.arch}, {m.n_layer} layers, {m.n_head} heads, width "
+    heads = f"{m.n_head} heads" + (f" over {m.kv_heads} key/value heads"
+                                   if m.kv_heads != m.n_head else "")
+    shorter = ("; --model.block_size=N trains on a shorter context"
+               if "model.block_size" not in explicit and m.block_size > 2048 else "")
+    return (f"model from {directory}: {m.arch}, {m.n_layer} layers, {heads}, width "
             f"{m.n_embd}, context {m.block_size}, vocabulary {m.vocab_size}"
-            + (f" (in place of the config's {', '.join(replaced)})" if replaced else ""))
+            + (f" (in place of the config's {', '.join(replaced)})" if replaced else "")
+            + shorter)
 
 
 def check_tokenizer(cfg: Config) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from lmforge import checkpoint
-from lmforge.config import Config, load_config, require_trackers, validate
+from lmforge.config import Config, load_config, require_trackers, validate, validate_lora
 from lmforge.console import log
 from lmforge.data import shards
 from lmforge.data.prepare import ensure_dataset
@@ -193,6 +193,7 @@ def _decide(request: TrainRequest, cfg: Config, info: DistInfo,
 def _new_run(cfg: Config, *, recipe: str | None, explicit: dict[str, str],
              restarting: bool, held: contextlib.ExitStack) -> _Decision:
     init_note = init_from.resolve_config(cfg, explicit=explicit) if cfg.run.init_from else ""
+    validate_lora(cfg)  # again: the architecture may have come from --init-from
     name = recipe_path(recipe or "default").stem
     run = new_run_dir(cfg, recipe_name=name, restarting=restarting)
     held.enter_context(DirectoryLock(run.path, what="train"))

@@ -7,9 +7,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import QUIET, TINY_MODEL, command, json_corpus, options, rewind, train_losses
+from helpers import QUIET, TINY_MODEL, command, json_corpus, options, rewind, torchrun, train_losses
 from helpers import run as run_command
-from helpers import torchrun
 
 TINY = options(TINY_MODEL, QUIET, {
     "train.log_every": "1", "eval.every": "10", "eval.batches": "2", "checkpoint.every": "10",

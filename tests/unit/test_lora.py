@@ -27,7 +27,8 @@ from lmforge.runs.load import load_run
 GPT2_STYLE = dict(norm="layernorm", mlp="gelu", pos="learned")
 LLAMA_STYLE = dict(norm="rmsnorm", mlp="swiglu", pos="rope")
 SETTINGS = {"train.log_every": "1", "eval.every": "10", "train.precision": "fp32",
-            "lora.r": "4", "lora.alpha": "8", "optim.lr": "1e-2", "optim.warmup_steps": "5"}
+            "lora.r": "4", "lora.alpha": "8", "optim.lr": "1e-2", "optim.warmup_steps": "5",
+            "train.max_steps": "20", "eval.samples_at_eval": "0"}
 
 
 def small(**style) -> ModelConfig:
@@ -158,7 +159,7 @@ def tiny_config(dataset, run_dir, **extra):
     return shared_config(dataset, run_dir, SETTINGS, extra)
 
 
-def test_lora_run_learns_and_its_checkpoint_holds_the_adapters(dataset, tmp_path):
+def test_only_the_adapters_change_and_the_checkpoint_holds_them(dataset, tmp_path):
     cfg = tiny_config(dataset, tmp_path / "run")
     trainer = make_trainer(cfg)
     base = lora.state_digest(lora.build_base(trainer.cfg))
@@ -185,14 +186,13 @@ def test_lora_run_learns_and_its_checkpoint_holds_the_adapters(dataset, tmp_path
 
 
 def test_lora_resume_continues_the_same_run(dataset, tmp_path):
-    make_trainer(tiny_config(dataset, tmp_path / "full")).fit()
+    """With adapter dropout, so the random state must come back too."""
+    make_trainer(tiny_config(dataset, tmp_path / "full", **{"lora.dropout": "0.1"})).fit()
     cut = {"checkpoint.every": "13", "checkpoint.keep_last": "9", "lora.dropout": "0.1"}
-    make_trainer(tiny_config(dataset, tmp_path / "full-drop", **{"lora.dropout": "0.1"})).fit()
     second = resumed_at(tiny_config(dataset, tmp_path / "cut", **cut), 13)
     assert second.counters.step == 13
     second.fit()
-    assert losses(tmp_path / "cut") == losses(tmp_path / "full-drop")
-    assert losses(tmp_path / "cut") != losses(tmp_path / "full")  # dropout did something
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
 
 
 def test_another_base_or_other_adapters_are_refused(dataset, tmp_path):

@@ -218,3 +218,19 @@ def test_another_base_or_other_adapters_are_refused(dataset, tmp_path):
     cfg.lora.r = 4
     with pytest.raises(CheckpointError, match="holds a fully trained model"):
         lora.check_resume(None, cfg, path=path)
+
+
+def test_a_bf16_run_keeps_the_frozen_base_in_bf16_and_resumes_exactly(dataset, tmp_path):
+    bf16 = {"train.precision": "bf16"}
+    full = make_trainer(tiny_config(dataset, tmp_path / "full", **bf16))
+    adapted = [m for m in full.raw_model.modules() if hasattr(m, "base_layer")]
+    assert adapted and all(m.base_layer.weight.dtype == torch.bfloat16 for m in adapted)
+    # the adapters, embeddings and norms keep float32
+    assert all(p.dtype == torch.float32 for n, p in full.raw_model.named_parameters()
+               if p.requires_grad or "base_layer" not in n)
+    full.fit()
+    cut = {**bf16, "checkpoint.every": "13", "checkpoint.keep_last": "9"}
+    second = resumed_at(tiny_config(dataset, tmp_path / "cut", **cut), 13)
+    second.fit()
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert losses(tmp_path / "full")[-1] < losses(tmp_path / "full")[0]

@@ -110,6 +110,22 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, *, seed: int) -> None:
     assert all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
 
 
+def keep_base_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen weights of every adapted layer in `dtype` (bf16 for a run that
+    computes in bf16: its matrix products see bf16 weights all the same), halving the
+    base's largest part; embeddings and norms stay as they are. Returns the bytes saved."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    saved = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            base = module.get_base_layer()
+            for p in base.parameters(recurse=False):
+                saved += p.numel() * (p.element_size() - torch.empty((), dtype=dtype).element_size())
+            base.to(dtype)
+    return saved
+
+
 def trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

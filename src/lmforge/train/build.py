@@ -26,7 +26,7 @@ from lmforge.distributed.parallelize import SHARDED, full_weights, load_from_ran
 from lmforge.errors import ConfigError
 from lmforge.generate import available_memory
 from lmforge.interop.init_from import PretrainedWeights, load_into
-from lmforge.interop.lora import LoraBase, apply_lora, base_origin, state_digest
+from lmforge.interop.lora import LoraBase, apply_lora, base_origin, keep_base_in, state_digest
 from lmforge.models import LanguageModel, build_model
 from lmforge.plan import RunPlan
 
@@ -91,6 +91,9 @@ def build_for_rank(plan: RunPlan, *,
         if lora:  # the base as loaded: what its checkpoints name it by
             digest = state_digest(raw) if plan.is_main else None
             apply_lora(raw, cfg.lora, seed=cfg.run.seed)
+            if not sharded and plan.compute_dtype == torch.bfloat16:
+                # frozen weights need no fp32 master copy; FSDP wants one dtype per unit
+                keep_base_in(raw, torch.bfloat16)
         if sharded:
             weights = full_weights(raw)
             del raw

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -86,13 +85,13 @@ def measure(directory: str, how: str) -> None:
     from lmforge.interop.hf_import import import_hf, load_pretrained
     from lmforge.models import build_model
 
-    def rss() -> int:
+    def status(field: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
         return 0
 
-    before = rss()
+    before = status("VmRSS")
     start = time.perf_counter()
     if how == "dict-fp32":
         cfg, sd = import_hf(Path(directory))
@@ -103,7 +102,9 @@ def measure(directory: str, how: str) -> None:
         dtype = torch.bfloat16 if how.endswith("bf16") else torch.float32
         cfg, model = load_pretrained(Path(directory), dtype=dtype)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, this process image's own high-water mark: getrusage's ru_maxrss survives exec,
+    # so it would report the parent's peak (which wrote the model) as this child's
+    peak = status("VmHWM")
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"how": how, "peak_above_start": peak - before, "model_bytes": model_bytes,
                       "seconds": seconds}))

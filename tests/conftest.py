@@ -29,3 +29,13 @@ def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "json"
     prepare([str(STDLIB / "json" / "*.py")], out, tokenizer=TokenizerConfig("char"), log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """The transformers package, offline (nothing downloads; the tests build their own model
+    directories), or a skip where it is not installed."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")  # before the import: huggingface_hub reads it once
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield pytest.importorskip("transformers")

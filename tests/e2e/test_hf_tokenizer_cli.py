@@ -16,14 +16,6 @@ from lmforge.data.clean import CleanStats, clean_document
 from lmforge.data.document import Document
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")  # before the import: huggingface_hub reads it once
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield pytest.importorskip("transformers")
-
-
 def write_corpus(directory) -> list[str]:
     """Ten documents, with what cleaning changes (trailing spaces, CRLF, a decomposed é)."""
     directory.mkdir()

@@ -110,14 +110,6 @@ def lmforge_logits(work: Path, x: torch.Tensor) -> torch.Tensor:
         return load_run(work / "runs" / "lora").model(x)[0]
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield pytest.importorskip("transformers")
-
-
 def test_merged_hf_export_loads_in_transformers_with_the_same_logits(work, transformers):
     lmforge("export", "runs/lora", "--format", "hf", "--out", "lora-hf", cwd=work)
     x = torch.randint(0, 90, (2, 32), generator=torch.Generator().manual_seed(0))

@@ -49,14 +49,6 @@ def tokens(cfg: ModelConfig) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")  # before the import: huggingface_hub reads it once
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield pytest.importorskip("transformers")
-
-
 def hf_logits(transformers, directory, x: torch.Tensor) -> tuple[str, torch.Tensor]:
     hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
     with torch.no_grad():

@@ -59,14 +59,6 @@ FAMILIES = {
 LINEAR_ROPE = dict(FAMILIES["TinyLlama-1.1B"], rope_scaling={"rope_type": "linear", "factor": 4.0})
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")  # before the import: huggingface_hub reads it once
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield pytest.importorskip("transformers")
-
-
 def hf_model(transformers, config: dict, directory, *, shard: bool = False):
     """A random transformers model of `config` saved in `directory`: every parameter drawn
     anew (norm gains and biases too), so a tensor mapped to the wrong place shows."""

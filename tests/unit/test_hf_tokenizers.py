@@ -31,14 +31,6 @@ from lmforge.interop.init_from import check_tokenizer
 from lmforge.models.gpt import GPT
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")  # before the import: huggingface_hub reads it once
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield pytest.importorskip("transformers")
-
-
 @pytest.fixture(params=STYLES)
 def model_dir(request, tmp_path):
     return write_model_dir(request.param, tmp_path / request.param)

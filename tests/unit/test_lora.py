@@ -107,14 +107,6 @@ def test_merged_model_computes_what_the_lora_model_does(style):
     assert all(p.requires_grad for p in plain.parameters())
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield pytest.importorskip("transformers")
-
-
 @pytest.mark.parametrize("style, targets", [
     (GPT2_STYLE, LoraConfig().targets), (LLAMA_STYLE, LoraConfig().targets),
     (GPT2_STYLE, "attn.k_proj,mlp.c_proj")])  # c_attn with k's adapter alone

@@ -83,7 +83,7 @@ def test_evaluation_streams_the_validation_split(dataset, tmp_path):
     # one stream read in a single call covers the same tokens as 1 lane in many chunks
     assert stream_loss(model, val, block_size=16, lanes=1) == pytest.approx(
         stream_loss(model, val, block_size=len(val), lanes=1), rel=1e-6)
-    assert trainer.evaluate() == pytest.approx(streamed, rel=1e-9)
+    assert trainer.evaluate().loss == pytest.approx(streamed, rel=1e-9)
     assert streamed != pytest.approx(mean_loss(model, val, block_size=16, batch_size=8), rel=1e-6)
 
 

@@ -123,6 +123,11 @@ class GPT(nn.Module):
     def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the cache, if given,
         now holding these T positions as well."""
+        return self.lm_head(self.hidden(tokens, state)), state  # (B, T, vocab)
+
+    def hidden(self, tokens: Tensor, state: KVCache | None = None) -> Tensor:
+        """The final hidden states (B, T, C), after the last norm: what the output layer
+        reads, and what a task's head (lmforge.tasks) reads instead."""
         B, T = tokens.size()
         p0 = 0 if state is None else state.pos
         if p0 + T > self.cfg.block_size:
@@ -138,10 +143,9 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, cache=state, layer=i)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
         if state is not None:
             state.pos += T
-        return logits, state
+        return self.norm_f(x)  # (B, T, C)
 
     def new_cache(self, batch_size: int, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:

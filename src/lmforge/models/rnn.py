@@ -97,10 +97,18 @@ class RecurrentLM(nn.Module):
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the state after the
         last one; state None starts from zeros."""
+        x, state = self._run(tokens, state)
+        return self.lm_head(x), state  # (B, T, vocab)
+
+    def hidden(self, tokens: Tensor, state: State | None = None) -> Tensor:
+        """The last layer's outputs (B, T, C), what the output layer reads: at position t the
+        state after token t, so a task's head (lmforge.tasks) reads the last one."""
+        return self._run(tokens, state)[0]
+
+    def _run(self, tokens: Tensor, state: State | None) -> tuple[Tensor, State]:
         x = self.drop(self.wte(tokens))  # (B, T, C)
         x, state = self.rnn(x, state)  # (B, T, C); state (L, B, C), or a pair of them
-        logits = self.lm_head(self.drop(x))  # (B, T, vocab)
-        return logits, state
+        return self.drop(x), state
 
     def new_state(self, batch_size: int, *, device: torch.device | str | None = None) -> State:
         """The zero state, the same as passing None, for callers that keep one per stream;

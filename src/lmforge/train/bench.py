@@ -79,7 +79,7 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
     device, dtype = trainer.device, trainer.compute_dtype
     peak, source = mfu.peak_flops(device, dtype, configured_tflops=cfg.train.peak_tflops,
                                   remeasure=True)
-    tokens_per_step = trainer.train_data.global_batch * cfg.model.block_size
+    tokens_per_step = trainer.objective.tokens_per_step
     tokens_per_s = tokens_per_step * len(times) / sum(times)
     flops = trainer.flops_per_token
     cuda = device.type == "cuda"

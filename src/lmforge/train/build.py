@@ -14,6 +14,7 @@ name a LoRA checkpoint gives its base), then every rank gives its model the adap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from lmforge.errors import ConfigError
 from lmforge.generate import available_memory
 from lmforge.interop.init_from import PretrainedWeights, load_into
 from lmforge.interop.lora import LoraBase, apply_lora, base_origin, keep_base_in, state_digest
-from lmforge.models import LanguageModel, build_model
+from lmforge.models import LanguageModel, TrainedModel, build_model
 from lmforge.plan import RunPlan
 
 # float32 weights, their gradients and AdamW's two moments: what training holds per weight
@@ -40,7 +41,7 @@ class BuiltModel:
     """What a rank trains: the model itself, the model as this rank runs it (wrapped or
     sharded), and for LoRA the frozen base the adapters sit on (the same on every rank)."""
 
-    raw: LanguageModel
+    raw: TrainedModel
     model: nn.Module
     lora_base: LoraBase | None = None
 
@@ -74,8 +75,8 @@ def _built(cfg: ModelConfig, device: torch.device) -> LanguageModel:
                           "smaller (model.n_layer, model.n_embd)") from None
 
 
-def build_for_rank(plan: RunPlan, *,
-                   init_state: PretrainedWeights | None = None) -> BuiltModel:
+def build_for_rank(plan: RunPlan, *, init_state: PretrainedWeights | None = None,
+                   wrap: Callable[[LanguageModel], TrainedModel] | None = None) -> BuiltModel:
     """The model this rank trains. `init_state` (rank 0's --init-from weights) replaces the
     initial weights."""
     cfg = plan.cfg
@@ -85,9 +86,10 @@ def build_for_rank(plan: RunPlan, *,
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     weights, digest = None, None
     if not sharded or plan.is_main:
-        raw = _built(cfg.model, torch.device("cpu") if sharded else plan.device)
+        lm = _built(cfg.model, torch.device("cpu") if sharded else plan.device)
         if init_state is not None:  # --init-from: weights from elsewhere, before any sharding
-            load_into(raw, init_state)
+            load_into(lm, init_state)
+        raw: TrainedModel = lm if wrap is None else wrap(lm)  # a task's head on the model
         if lora:  # the base as loaded: what its checkpoints name it by
             digest = state_digest(raw) if plan.is_main else None
             apply_lora(raw, cfg.lora, seed=cfg.run.seed)
@@ -99,7 +101,7 @@ def build_for_rank(plan: RunPlan, *,
             del raw
     if sharded:
         with torch.device("meta"):
-            raw = build_model(cfg.model)
+            raw = build_model(cfg.model) if wrap is None else wrap(build_model(cfg.model))
             if lora:
                 apply_lora(raw, cfg.lora, seed=cfg.run.seed)
     # FSDP gathers parameters in bf16 when the run computes in it (reductions stay fp32)

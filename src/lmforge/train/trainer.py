@@ -10,9 +10,11 @@ The trainer takes a `RunPlan` (lmforge.plan): the config, run directory, device,
 precision and strategy are decided before it exists, and it changes none of them. Under
 torchrun every rank runs this same loop; rank 0 alone prints and writes metrics.
 
-Recurrent models train by truncated backpropagation through time on the same loop: the
-loader reads contiguous streams instead of random windows, and `StreamStates`
-(train/streams.py) carries each stream's hidden state from one step to the next.
+What the model is trained to do is the run's `Objective` (train/objective.py): language
+modeling by default, where recurrent models train by truncated backpropagation through
+time on the same loop (the loader reads contiguous streams instead of random windows, and
+`StreamStates` carries each stream's hidden state from one step to the next); a task
+(lmforge.tasks) brings its own data, loss and metrics, and the loop stays this one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import resource
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from lmforge import STARTED_AT, checkpoint
 from lmforge.console import log
 from lmforge.data import shards
 from lmforge.data.loader import RandomWindows, Streams
+from lmforge.data.shards import Tokens
 from lmforge.data.tokenizer import load_tokenizer
 from lmforge.distributed import env
 from lmforge.distributed.device import autocast_for, precision_name
@@ -42,26 +46,32 @@ from lmforge.distributed.parallelize import (
     model_state_bytes,
 )
 from lmforge.errors import CheckpointError, LmforgeError
-from lmforge.evaluate import cross_entropy, split_loss, summarize
 from lmforge.interop import lora
 from lmforge.interop.init_from import PretrainedWeights
+from lmforge.models import LanguageModel, TrainedModel
+from lmforge.models.heads import SequenceClassifier
 from lmforge.models.rnn import RecurrentLM
 from lmforge.plan import RunPlan
 from lmforge.train import mfu
 from lmforge.train.build import build_for_rank
 from lmforge.train.metrics import MetricsLog, TrainProgress, plot_losses
+from lmforge.train.objective import Evaluation, LanguageModeling, Objective, bits_per_byte_factor
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.preemption import Preemption
 from lmforge.train.profiling import StepProfiler
 from lmforge.train.sampling import draw_samples
 from lmforge.train.state import Clock, Counters, FitResult
-from lmforge.train.streams import StreamStates
 from lmforge.train.trackers import Trackers
 
 
 class Trainer:
-    def __init__(self, plan: RunPlan, *,
-                 init_state: PretrainedWeights | None = None) -> None:
+    def __init__(self, plan: RunPlan, *, init_state: PretrainedWeights | None = None,
+                 wrap: Callable[[LanguageModel], TrainedModel] | None = None,
+                 objective: Callable[[Trainer], Objective] | None = None) -> None:
+        """A task (lmforge.tasks) gives `wrap`, which puts its head on the (pretrained) model
+        before it is parallelized, and `objective`, which makes what the run trains for from
+        the built trainer (its model, device, ranks). Without them: language modeling on
+        the prepared dataset (data.path)."""
         self.plan, self.cfg, self.run, self.info = plan, plan.cfg, plan.run, plan.info
         cfg, info = plan.cfg, plan.info
         self.device, self.strategy = plan.device, plan.strategy
@@ -72,7 +82,7 @@ class Trainer:
         data_dir = Path(cfg.data.path)
         self.manifest = shards.verify(data_dir)
         self.tokenizer = load_tokenizer(data_dir / self.manifest["tokenizer"]["dir"])
-        built = build_for_rank(plan, init_state=init_state)
+        built = build_for_rank(plan, init_state=init_state, wrap=wrap)
         self.raw_model, self.model = built.raw, built.model
         self.lora_base = built.lora_base  # LoRA: the frozen base, which checkpoints leave out
         self.recurrent = isinstance(self.raw_model, RecurrentLM)
@@ -81,31 +91,39 @@ class Trainer:
                                          fused=self.strategy not in SHARDED)
         if info.distributed:  # dropout differs between data-parallel ranks, not within a TP group
             torch.manual_seed(cfg.run.seed + info.dp_rank)
-        loader = Streams if self.recurrent else RandomWindows
-        self.train_data = loader(shards.open_split(data_dir, "train"),
-                                 batch_size=cfg.train.batch_size,
-                                 block_size=cfg.model.block_size, seed=cfg.run.seed,
-                                 grad_accum=cfg.train.grad_accum, dp_rank=info.dp_rank,
-                                 dp_size=info.dp_size)
-        self.streams = (StreamStates(self.raw_model, self.train_data, device=self.device,
-                                     info=info)
-                        if isinstance(self.raw_model, RecurrentLM)
-                        and isinstance(self.train_data, Streams) else None)
-        self.val_tokens = shards.open_split(data_dir, "val")
         self.counters = Counters()
         self._start = time.perf_counter()  # of fit(); eval records give the time since
         self._last_eval = -1  # the step of the last evaluation in fit()
-        split = self.manifest["splits"]["train"]  # train loss → bits per byte, for the trackers
         self.trackers = Trackers(self.run, cfg, enabled=info.is_main,
-                                 bpb_factor=split["tokens"] / (split["bytes"] * math.log(2))
-                                 if split["bytes"] else math.nan)
+                                 bpb_factor=bits_per_byte_factor(self.manifest))
         self.metrics = MetricsLog(self.run.metrics, trackers=self.trackers)
         # one record per data-parallel rank: the ranks of a tensor-parallel group share windows
-        self.samples_log = (MetricsLog(self.run.rank_samples(info.rank))
-                            if cfg.train.record_samples and info.tp_rank == 0 else None)
+        samples_log = (MetricsLog(self.run.rank_samples(info.rank))
+                       if cfg.train.record_samples and info.tp_rank == 0 else None)
+        self.objective = objective(self) if objective is not None else LanguageModeling(
+            data_dir, self.manifest, model=self._language_model(), batch_size=cfg.train.batch_size,
+            block_size=cfg.model.block_size, seed=cfg.run.seed, grad_accum=cfg.train.grad_accum,
+            eval_batch_size=cfg.eval.batch_size or cfg.train.batch_size,
+            eval_batches=cfg.eval.batches, info=info, device=self.device,
+            autocast=self.autocast, samples_log=samples_log)
         self.utilization = mfu.Utilization(
             device=self.device, dtype=self.compute_dtype, flops_per_token=self.flops_per_token,
             devices=info.world_size, configured_tflops=cfg.train.peak_tflops, report=info.is_main)
+
+    def _language_model(self) -> LanguageModel:
+        assert not isinstance(self.raw_model, SequenceClassifier), "a task brings its objective"
+        return self.raw_model
+
+    @property
+    def train_data(self) -> RandomWindows | Streams:
+        """Language modeling's loader (its position is the objective's state)."""
+        assert isinstance(self.objective, LanguageModeling)
+        return self.objective.train_data
+
+    @property
+    def val_tokens(self) -> Tokens:
+        assert isinstance(self.objective, LanguageModeling)
+        return self.objective.val_tokens
 
     def start_files(self) -> None:
         """Files a new run keeps beside its checkpoints: the tokenizer it was trained with."""
@@ -120,11 +138,10 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"counters": dataclasses.asdict(self.counters),
-                 "loader": self.train_data.state_dict(),
+                 "loader": self.objective.state_dict(),
                  "rng": env.gather_objects(rng, self.info),  # one per rank, in rank order
-                 "world_size": self.info.world_size}
-        if self.streams is not None:
-            state["streams"] = self.streams.gather()
+                 "world_size": self.info.world_size,
+                 **self.objective.extra_state()}
         return checkpoint.save_checkpoint(
             self.run, step=self.counters.step, model=self.model, optimizer=self.optimizer,
             trainer_state=state, model_config=dataclasses.asdict(self.cfg.model),
@@ -139,9 +156,8 @@ class Trainer:
         state = checkpoint.load_training_state(path, model=self.model, optimizer=self.optimizer,
                                                adapters_only=self.lora_base is not None)
         self.counters = Counters(**state["counters"])
-        self.train_data.load_state_dict(state["loader"])
-        if self.streams is not None:
-            self.streams.scatter(state["streams"])
+        self.objective.load_state_dict(state["loader"])
+        self.objective.load_extra_state(state)
         rngs = state["rng"]
         if self.info.rank < len(rngs):  # a rank the saving run did not have keeps its seed
             torch.set_rng_state(rngs[self.info.rank]["torch"])
@@ -199,8 +215,8 @@ class Trainer:
         finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
         if finite:
             self.optimizer.step()
-        elif self.streams is not None:
-            self.streams.drop_nonfinite()
+        else:
+            self.objective.after_nonfinite()
         self.optimizer.zero_grad(set_to_none=True)
         # A skipped step still counts and has consumed its data, so the step number, the
         # schedule and the data order go on exactly as they would have.
@@ -213,24 +229,12 @@ class Trainer:
 
     def _micro_step(self, micro: int, *, last: bool) -> tuple[torch.Tensor, int]:
         """Forward and backward of one micro-batch: (its loss, detached; its tokens)."""
-        step = self.train_data.step
-        starts = self.train_data.next_starts()
-        if self.samples_log is not None:
-            self.samples_log.write({"step": step, "micro": micro, "starts": starts.tolist()})
-        x, y = self.train_data.windows(starts)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         accum = self.cfg.train.grad_accum
         # gradients are reduced across ranks once, on the last micro-batch
         with gradient_sync(self.model, last), self.autocast():
-            if self.streams is not None:
-                logits, state = self.model(x, self.streams.incoming(micro, starts))
-                # truncated BPTT: the next step starts from here, without a graph
-                self.streams.keep(micro, state)
-            else:
-                logits, _ = self.model(x)
-            loss = cross_entropy(logits, y)
+            loss, tokens = self.objective.micro_loss(self.model, micro)
             (loss / accum).backward()
-        return loss.detach(), x.numel()
+        return loss.detach(), tokens
 
     def _check_nonfinite(self, loss: float, norm: float) -> None:
         """Say that this step was skipped; stop the run when too many were, in a row."""
@@ -250,19 +254,14 @@ class Trainer:
 
     # --- evaluation and samples ----------------------------------------------------------
 
-    def evaluate(self) -> float:
-        """Mean loss on the fixed validation subset: eval.batches global batches (windows, or
-        chunks of as many streams), the same ones whatever the number of ranks sharing them."""
-        e, t = self.cfg.eval, self.cfg.train
-        return split_loss(self.model, self.val_tokens, block_size=self.cfg.model.block_size,
-                          batch_size=e.batch_size or t.batch_size, batches=e.batches,
-                          recurrent=self.recurrent, device=self.device, autocast=self.autocast,
-                          info=self.info)
+    def evaluate(self) -> Evaluation:
+        """The objective's evaluation of the model (language modeling: the mean loss on the
+        fixed validation subset)."""
+        return self.objective.evaluate(self.model)
 
-    def _after_eval(self, val_loss: float) -> bool:
+    def _after_eval(self, evaluation: Evaluation) -> bool:
         """Record an evaluation; save the best; True when early stopping says stop."""
-        c, split = self.counters, self.manifest["splits"]["val"]
-        figures = summarize(val_loss, tokens=split["tokens"], bytes_=split["bytes"])
+        c, val_loss = self.counters, evaluation.loss
         improved = val_loss < c.best_val
         if improved:
             c.best_val, c.best_step, c.evals_without_improvement = val_loss, c.step, 0
@@ -270,10 +269,10 @@ class Trainer:
             c.evals_without_improvement += 1
         if self.info.is_main:
             self.metrics.write({"kind": "eval", "step": c.step, "val_loss": val_loss,
-                                "val_bpb": figures.bits_per_byte,
-                                "val_ppl": figures.perplexity, "tokens": c.tokens,
+                                **evaluation.figures, "tokens": c.tokens,
                                 "elapsed_s": time.perf_counter() - self._start})
-        log(f"step {c.step}: val loss {val_loss:.4f}, {figures.bits_per_byte:.4f} bits/byte"
+        log(f"step {c.step}: val loss {val_loss:.4f}"
+            + (f", {evaluation.shown}" if evaluation.shown else "")
             + ("  (best)" if improved else ""))
         self._eval_samples()
         if improved and self.cfg.checkpoint.keep_best:
@@ -313,7 +312,7 @@ class Trainer:
         start = self._start = time.perf_counter()
         clock = Clock(first_step=c.step, start=start,
                        deadline=start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf,
-                       tokens_per_step=self.train_data.global_batch * self.cfg.model.block_size)
+                       tokens_per_step=self.objective.tokens_per_step)
         progress = TrainProgress(max_steps=t.max_steps, first_step=c.step,
                                  max_minutes=t.max_minutes, log_every=t.log_every,
                                  enabled=t.progress)
@@ -334,7 +333,7 @@ class Trainer:
         return self._finish(clock, stopped, signum)
 
     def _announce(self) -> None:
-        cfg, info, d = self.cfg, self.info, self.train_data
+        cfg, info, o = self.cfg, self.info, self.objective
         t = cfg.train
         precision = "bf16 autocast" if self.compute_dtype == torch.bfloat16 else "fp32"
         log(f"model: {cfg.model.arch}, {self.raw_model.num_params():,} parameters; device "
@@ -346,11 +345,10 @@ class Trainer:
                 f"parameters ({trainable / self.raw_model.num_params():.2%}); frozen base "
                 f"sha256 {self.lora_base.sha256[:12]}, {self.lora_base.origin}")
         log(f"global batch: {t.batch_size} sequences x {t.grad_accum} accumulation x "
-            f"{info.dp_size} data-parallel = {d.global_batch} sequences, "
-            f"{d.global_batch * cfg.model.block_size:,} tokens per step")
-        if isinstance(d, Streams):
-            log(f"truncated BPTT: {d.global_batch} streams of {d.chunks} chunks x "
-                f"{d.block_size} tokens; one pass over the train split every {d.chunks} steps")
+            f"{info.dp_size} data-parallel = {o.global_batch} sequences, "
+            f"{o.tokens_per_step:,} tokens per step")
+        for line in o.announce():
+            log(line)
 
     def _steps(self, clock: Clock, progress: TrainProgress, profiler: StepProfiler,
                preemption: Preemption) -> tuple[str, int]:

@@ -1,0 +1,98 @@
+"""Classification on the one training loop: a head on the model, trained through the same
+Trainer (checkpoints, resume, early stopping) with the classification objective; real
+text (lines of the json package's sources) with labels the text itself decides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import STDLIB, losses, records, rewind
+from helpers import tiny_config as shared_config
+
+from lmforge.models.gpt import GPT
+from lmforge.models.heads import SequenceClassifier
+from lmforge.plan import local_plan
+from lmforge.rundir import RunDir
+from lmforge.tasks.classify import ClassifyTask
+from lmforge.train.trainer import Trainer
+
+SETTINGS = {"train.log_every": "1", "eval.every": "10", "train.precision": "fp32",
+            "optim.lr": "3e-3", "optim.warmup_steps": "5", "train.max_steps": "30",
+            "train.batch_size": "16", "eval.samples_at_eval": "0", "eval.samples": "0",
+            "checkpoint.every": "10", "checkpoint.keep_last": "5"}
+KINDS = ("def ", "return ", "import ")  # what a line holds decides its labels
+
+
+def lines() -> list[str]:
+    out = []
+    for path in sorted((STDLIB / "json").glob("*.py")):
+        out += [line for line in path.read_text().splitlines() if len(line.strip()) > 8]
+    return out
+
+
+def task(*, multi: bool) -> ClassifyTask:
+    texts = lines()
+    if multi:  # any of the kinds, or none
+        targets = np.array([[k in t for k in KINDS] for t in texts], dtype=np.float32)
+    else:  # a line with "def " or not
+        targets = np.array([int("def " in t) for t in texts], dtype=np.int64)
+    cut = len(texts) * 4 // 5
+    return ClassifyTask(texts[:cut], targets[:cut], texts[cut:], targets[cut:],
+                        n_labels=len(KINDS) if multi else 2)
+
+
+def make(dataset, run_dir, the_task: ClassifyTask, *, resume: bool = False) -> Trainer:
+    from lmforge import checkpoint
+
+    cfg = shared_config(dataset, run_dir, SETTINGS)
+    run = RunDir(run_dir)
+    path = checkpoint.find_checkpoint(run, "latest") if resume else None
+    trainer = Trainer(local_plan(cfg, run, resume_from=path), wrap=the_task.wrap,
+                      objective=the_task.objective)
+    if path is not None:
+        trainer.restore(path)
+    return trainer
+
+
+def evals(run_dir) -> list[dict]:
+    return records(run_dir, "eval")
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["one-label", "multi-label"])
+def test_a_classifier_learns_on_the_one_loop_and_resumes_exactly(dataset, tmp_path, multi):
+    the_task = task(multi=multi)
+    trainer = make(dataset, tmp_path / "full", the_task)
+    assert isinstance(trainer.raw_model, SequenceClassifier)
+    trainer.fit()
+    scores = evals(tmp_path / "full")
+    assert [r["step"] for r in scores] == [10, 20, 30]
+    assert scores[-1]["val_loss"] < scores[0]["val_loss"]
+    if multi:  # three keywords at once are harder for a tiny model in 30 steps
+        assert scores[-1]["micro_f1"] > scores[0]["micro_f1"]
+    else:  # "def " is easy to see
+        assert scores[-1]["micro_f1"] > 0.9
+    straight = losses(tmp_path / "full")
+    # as if killed right after step 20: the resumed run reads the same batches, ends the same
+    rewind(tmp_path / "full", 20)
+    resumed = make(dataset, tmp_path / "full", the_task, resume=True)
+    assert resumed.objective.state_dict() == {"step": 20}
+    resumed.fit()
+    assert losses(tmp_path / "full") == straight
+
+
+def test_pooling_reads_the_last_real_token_or_the_mean_of_the_real_ones():
+    from lmforge.config import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)
+    for pooling in ("last", "mean"):
+        model = SequenceClassifier(GPT(cfg), 3, pooling=pooling).eval()
+        x = torch.randint(0, 10, (1, 5))
+        padded = torch.cat([x, torch.full((1, 3), 10)], dim=1)
+        with torch.no_grad():  # padding after the text changes nothing
+            alone = model(x, torch.tensor([5]))
+            torch.testing.assert_close(model(padded, torch.tensor([5])), alone)
+            h = model.backbone.hidden(x)[0]
+            pooled = h[-1] if pooling == "last" else h.mean(0)
+            torch.testing.assert_close(alone[0], model.head(pooled))

@@ -302,6 +302,27 @@ class LogConfig:
 
 
 @dataclass
+class TaskConfig:
+    kind: str = option("lm", "What the run trains the model to do: lm (language modeling on "
+                             "data.path) or a task `lmforge finetune` sets up: classify.",
+                       choices=("lm", "classify"))
+    source: str = option("", "The task's labelled examples: JSONL, CSV or Parquet (text and "
+                             "label or labels), or the Reuters-21578 distribution.")
+    labels: str = option("topics", "Reuters-21578: which label set (topics, places, people, "
+                                   "orgs, exchanges).")
+    split: str = option("", "The examples' own split ('modapte' for Reuters-21578); empty: a "
+                            "hash split, or the files' own split field.")
+    text_field: str = option("text", "Field that holds an example's text.")
+    label_field: str = option("label", "Field that holds its label (or 'labels', a list, for "
+                                       "several per example).")
+    val_fraction: float = option(0.1, "Share of the training examples held out to evaluate "
+                                      "during training (and tune multi-label thresholds on).")
+    pooling: str = option("last", "classify: the state the head reads, the last token's (in a "
+                                  "causal model the only one that has seen the whole text) or "
+                                  "the mean over the tokens.", choices=("last", "mean"))
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -315,6 +336,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]

@@ -141,6 +141,8 @@ BOUNDS: dict[str, Range] = {
                          why="it splits heads, and model.n_head is at most 1024"),
     "parallel.timeout_s": Range(0.0, 7 * 24 * 3600.0, open_low=True,
                                 why="a peer silent for a week is dead"),
+    "task.val_fraction": Range(0.0, 1.0, open_low=True, open_high=True,
+                               why="the training part would be empty"),
     "lora.r": Range(0, 4096, zero="off: every weight trains",
                     why="an adapter of that rank is as large as the widest layers it adapts"),
     "lora.alpha": Range(0.0, 1e6, open_low=True, low_why="a scale of 0 switches the adapters off",

@@ -43,15 +43,18 @@ def test_the_export_is_a_llama_that_transformers_computes_alike(work):
         torch.testing.assert_close(hf(x).logits, run.model(x)[0], atol=1e-4, rtol=1e-4)
 
 
-def test_init_from_the_export_starts_where_the_source_ended(work):
+@pytest.mark.parametrize("source", ["export", "runs/src"], ids=["export", "run"])
+def test_init_from_the_export_or_the_run_starts_where_the_source_ended(work, source):
     from lmforge.data import shards
     from lmforge.data.loader import RandomWindows
     from lmforge.evaluate import cross_entropy
     from lmforge.runs.load import load_run
 
-    lmforge("train", *options(QUIET, SETTINGS, {"train.max_steps": "1", "run.dir": "runs/new"}),
-            "--init-from", "export", cwd=work)
-    new = Path(work / "runs" / "new")
+    name = f"runs/new-{source.replace('/', '-')}"
+    proc = lmforge("train", *options(QUIET, SETTINGS, {"train.max_steps": "1", "run.dir": name}),
+                   "--init-from", source, cwd=work)
+    assert "not the one" not in proc.stderr  # the same tokenizer: no note
+    new = Path(work / name)
     assert "n_kv_head = 2" in (new / "config.toml").read_text()
     source = load_run(work / "runs" / "src")
     batches = RandomWindows(shards.open_split(work / "data" / "json", "train"), batch_size=4,

@@ -31,32 +31,57 @@ from lmforge.data import shards
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
 from lmforge.interop.hf_import import load_weights_into, read_model_config, sliding_window
 from lmforge.interop.hf_tokenizer import import_hf_tokenizer
+from lmforge.interop.hf_weights import WeightSource, copy_into, own_tensors
+from lmforge.rundir import RunDir, read_run_config
 
 RUN_OWN = ("dropout", "block_size")  # fields the new run may choose; see the module docstring
+
+
+_WHAT = "give an lmforge run, a Hugging Face model directory or the output of `lmforge export`"
 
 
 def _directory(path: str) -> Path:
     directory = Path(path)
     try:
         is_dir = directory.is_dir()
-        has_config = is_dir and (directory / "config.json").is_file()
+        has_config = is_dir and ((directory / "config.json").is_file()
+                                 or RunDir(directory).config.is_file())
     except OSError as err:  # a name too long, a directory that cannot be entered
-        raise ConfigError(f"--init-from {path}: {err.strerror or err}; give a Hugging Face "
-                          "model directory or the output of `lmforge export`") from None
+        raise ConfigError(f"--init-from {path}: {err.strerror or err}; {_WHAT}") from None
     if not is_dir:
-        raise ConfigError(f"--init-from {path}: no such directory; give a Hugging Face model "
-                          "directory or the output of `lmforge export`")
+        raise ConfigError(f"--init-from {path}: no such directory; {_WHAT}")
     if not has_config:
-        raise ConfigError(f"--init-from {path} has no config.json; give a Hugging Face model "
-                          "directory or the output of `lmforge export`")
+        raise ConfigError(f"--init-from {path} has no config.json (nor a run's config.toml); "
+                          f"{_WHAT}")
     return directory
+
+
+def run_weights(directory: Path) -> Path | None:
+    """For an lmforge run directory, the weights --init-from takes: model.safetensors of its
+    best checkpoint, else of its latest; None for a model directory (it has config.json)."""
+    run = RunDir(directory)
+    if (directory / "config.json").is_file() or not run.config.is_file():
+        return None
+    name = run.pointer("best") or run.pointer("latest")
+    weights = run.checkpoints / name / "model.safetensors" if name else None
+    if weights is None or not weights.is_file():
+        raise CheckpointError(f"--init-from {directory} is a run without a complete checkpoint; "
+                              f"train it first (lmforge train --resume {directory})")
+    return weights
+
+
+def _imported(directory: Path) -> ModelConfig:
+    """The model `directory` holds: a run's [model], or a model directory's config.json."""
+    if run_weights(directory) is not None:
+        return read_run_config(RunDir(directory)).model
+    return read_model_config(directory)
 
 
 def _context_limit(imported: ModelConfig, directory: Path) -> tuple[int | None, str]:
     """The longest context the run may choose, and why: learned positions stop at DIR's
     table, a sliding window bounds what full attention computes alike; rope tables are
     computed, so otherwise any context works."""
-    window = sliding_window(directory)
+    window = None if run_weights(directory) else sliding_window(directory)
     if window is not None:
         return window, "(the model attends within a sliding window of that many tokens)"
     if imported.pos == "learned":
@@ -74,7 +99,7 @@ def resolve_config(cfg: Config, *, explicit: Iterable[str]) -> str:
     own dropout and a shorter block_size. `explicit` are the keys set on the command line:
     those must agree with DIR. Returns a line that says what was taken from DIR."""
     directory = _directory(cfg.run.init_from)
-    imported = read_model_config(directory)
+    imported = _imported(directory)
     explicit = set(explicit)
     replaced = []
     for f in dataclasses.fields(ModelConfig):
@@ -120,7 +145,9 @@ def check_tokenizer(cfg: Config) -> str:
                           "embeddings for; prepare the data with a tokenizer of at most "
                           f"{cfg.model.vocab_size} tokens")
     try:
-        theirs = import_hf_tokenizer(Path(cfg.run.init_from))
+        directory = Path(cfg.run.init_from)
+        theirs = (load_tokenizer(RunDir(directory).tokenizer) if run_weights(directory)
+                  else import_hf_tokenizer(directory))
     except LmforgeError:
         theirs = None
     ours = load_tokenizer(data / manifest["tokenizer"]["dir"])
@@ -145,22 +172,27 @@ class PretrainedWeights:
     holds the weights twice."""
 
     directory: Path
+    run_weights: Path | None = None  # an lmforge run's checkpoint weights, under its own names
 
 
 def load_state(cfg: Config) -> PretrainedWeights:
     """The weights of cfg.run.init_from, once its config still describes cfg.model."""
     directory = _directory(cfg.run.init_from)
-    imported = read_model_config(directory)
+    imported = _imported(directory)
     differ = [f"{f.name}: {getattr(imported, f.name)} there, {getattr(cfg.model, f.name)} here"
               for f in dataclasses.fields(ModelConfig)
               if f.name not in RUN_OWN and getattr(imported, f.name) != getattr(cfg.model, f.name)]
     if differ or not _block_size_ok(imported, cfg.model.block_size, directory):
         raise CheckpointError(f"{directory} changed since this run was set up "
                               f"({'; '.join(differ) or 'block_size'}); start a new run")
-    return PretrainedWeights(directory)
+    return PretrainedWeights(directory, run_weights(directory))
 
 
 def load_into(model: nn.Module, weights: PretrainedWeights) -> None:
     """Fill a freshly built (not yet parallelized) model with the weights, in its own dtype;
     a learned position table longer than the run's context is cut to block_size."""
-    load_weights_into(model, weights.directory)
+    if weights.run_weights is None:
+        load_weights_into(model, weights.directory)
+        return
+    source = WeightSource(weights.run_weights.parent, files=[weights.run_weights])
+    copy_into(model, own_tensors(source, model), weights.run_weights)

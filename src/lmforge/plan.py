@@ -37,7 +37,7 @@ from lmforge.distributed import elastic, env
 from lmforge.distributed.device import compute_dtype, resolve_device
 from lmforge.distributed.env import SINGLE, DistInfo
 from lmforge.distributed.parallelize import resolve_strategy
-from lmforge.errors import ConfigError, LmforgeError
+from lmforge.errors import CheckpointError, ConfigError, LmforgeError
 from lmforge.files import DISK_FULL
 from lmforge.interop import init_from, lora
 from lmforge.locks import DirectoryLock
@@ -237,7 +237,12 @@ def _resume(run: RunDir, cfg: Config, info: DistInfo) -> _Decision:
     if Path(saved.data.path).resolve() != Path(cfg.data.path).resolve():
         log(f"note: {run} continues on {cfg.data.path}, not on the dataset it was trained on "
             f"({saved.data.path}); both have its tokenizer")
-    batch = int(checkpoint.read_trainer_state(path)["loader"]["global_batch"])
+    try:
+        batch = int(checkpoint.read_trainer_state(path)["loader"]["global_batch"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}/trainer.pt has no global batch in its loader state; "
+                              "the checkpoint is damaged or from another version: start a "
+                              "new run") from None
     keep_global_batch(cfg, saved, batch, dp_size=info.dp_size)
     write_config(cfg, run)  # the overrides of this resume, for the next one
     return _Decision(cfg, run, resume_from=path, resume_step=meta.step)

@@ -33,10 +33,14 @@ def lines() -> list[str]:
 
 def task(*, multi: bool) -> ClassifyTask:
     texts = lines()
+    if not multi:  # as many lines that define a function as lines that do not: chance is 1/2
+        defs = [t for t in texts if t.strip().startswith("def ")]
+        others = [t for t in texts if not t.strip().startswith("def ")][:len(defs)]
+        texts = [t for pair in zip(defs, others, strict=True) for t in pair]
     if multi:  # any of the kinds, or none
         targets = np.array([[k in t for k in KINDS] for t in texts], dtype=np.float32)
-    else:  # a line with "def " or not
-        targets = np.array([int("def " in t) for t in texts], dtype=np.int64)
+    else:  # a line that defines a function or not
+        targets = np.array([int(t.strip().startswith("def ")) for t in texts], dtype=np.int64)
     cut = len(texts) * 4 // 5
     return ClassifyTask(texts[:cut], targets[:cut], texts[cut:], targets[cut:],
                         n_labels=len(KINDS) if multi else 2)
@@ -70,13 +74,13 @@ def test_a_classifier_learns_on_the_one_loop_and_resumes_exactly(dataset, tmp_pa
     assert scores[-1]["val_loss"] < scores[0]["val_loss"]
     if multi:  # three keywords at once are harder for a tiny model in 30 steps
         assert scores[-1]["micro_f1"] > scores[0]["micro_f1"]
-    else:  # "def " is easy to see
-        assert scores[-1]["micro_f1"] > 0.9
+    else:  # "def " at the start is easy to see; chance is 0.5
+        assert scores[-1]["micro_f1"] > 0.9, scores
     straight = losses(tmp_path / "full")
     # as if killed right after step 20: the resumed run reads the same batches, ends the same
     rewind(tmp_path / "full", 20)
     resumed = make(dataset, tmp_path / "full", the_task, resume=True)
-    assert resumed.objective.state_dict() == {"step": 20}
+    assert resumed.objective.state_dict() == {"step": 20, "global_batch": 16}
     resumed.fit()
     assert losses(tmp_path / "full") == straight
 

@@ -46,6 +46,13 @@ def run(args: argparse.Namespace) -> int:
                            f"{args.batches * args.batch_size:,} windows; at most {MAX_WINDOWS:,} "
                            "(their start offsets are drawn as one array); use --batches 0 to "
                            "evaluate the whole split")
+    if _is_classifier(args.run):  # a task run is measured on its task's test examples
+        from lmforge.runs.classifier import measure_run
+
+        report = measure_run(args.run)
+        print(json.dumps({"all": report.metrics.as_dict(), "top10": report.top.as_dict()})
+              if args.json else report.text)
+        return 0
     from lmforge.runs.evaluation import evaluate_run
 
     result = evaluate_run(args.run, which=args.checkpoint, data=args.data, split=args.split,
@@ -57,3 +64,9 @@ def run(args: argparse.Namespace) -> int:
               f"{result.loss:.4f}  perplexity {result.perplexity:.2f}  bits/byte "
               f"{result.bits_per_byte:.4f}")
     return 0
+
+
+def _is_classifier(run: Path) -> bool:
+    from lmforge.rundir import RunDir
+
+    return (RunDir(run).path / "labels.json").is_file()

@@ -21,7 +21,9 @@ from lmforge.cli import (
     compare,
     evaluate,
     export,
+    finetune,
     generate,
+    predict,
     prepare,
     report,
     train,
@@ -40,6 +42,8 @@ VERBS: dict[str, ModuleType] = {
     "bench": bench,
     "compare": compare,
     "verify-resume": verify_resume,
+    "finetune": finetune,
+    "predict": predict,
 }
 
 

@@ -41,16 +41,23 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return _hand_to_torchrun(args.nproc, args.argv)
     from lmforge.plan import TrainRequest, planned_run
+    from lmforge.tasks.setup import task_for
     from lmforge.train.session import train_run
 
     with planned_run(TrainRequest(args.recipe, args.resume, overrides)) as plan:
-        outcome = train_run(plan)
+        task = task_for(plan.cfg)  # a task run (lmforge finetune) continues as one
+        outcome = (train_run(plan) if task is None
+                   else train_run(plan, wrap=task.wrap, objective=task.objective))
+    if outcome.trained and plan.is_main and task is not None:  # its test figures, again
+        from lmforge.runs.classifier import measure_run
+
+        print(measure_run(plan.run.path).text)
     if outcome.trained and plan.is_main and plan.cfg.train.report:
-        _report(plan.run)
+        write_run_report(plan.run)
     return outcome.exit_code
 
 
-def _report(run: RunDir) -> None:
+def write_run_report(run: RunDir) -> None:
     """The report at the end of training; a failure to draw it must not fail the run."""
     from lmforge.runs.report import write_report
 

@@ -150,7 +150,8 @@ class ClassifyObjective(Objective):
                                          f"{figures['micro_f1']:.4f}, macro-F1 {figures['macro_f1']:.4f}")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step}
+        # the global batch: a run resumed on other ranks must keep it to read the same order
+        return {"step": self.step, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -176,7 +177,7 @@ class ClassifyTask:
     pooling: str = "last"
 
     def wrap(self, backbone: Any) -> SequenceClassifier:
-        return SequenceClassifier(backbone, self.n_labels, pooling=self.pooling)  # type: ignore[arg-type]
+        return SequenceClassifier(backbone, self.n_labels, pooling=self.pooling)
 
     def objective(self, trainer: Any) -> ClassifyObjective:
         cfg, tok = trainer.cfg, trainer.tokenizer

@@ -3,14 +3,17 @@ between planning a run and reporting on it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lmforge.console import log
 from lmforge.distributed import env
 from lmforge.interop.init_from import load_state
+from lmforge.models import GPT, LanguageModel, RecurrentLM, TrainedModel
 from lmforge.plan import RunPlan
 from lmforge.rundir import write_config
 from lmforge.train import preemption
+from lmforge.train.objective import Objective
 from lmforge.train.state import FitResult
 from lmforge.train.trainer import Trainer
 
@@ -31,11 +34,13 @@ class TrainOutcome:
         return self.fit is not None and not self.fit.signal
 
 
-def train_run(plan: RunPlan) -> TrainOutcome:
+def train_run(plan: RunPlan, *, wrap: Callable[[LanguageModel], TrainedModel] | None = None,
+              objective: Callable[[Trainer], Objective] | None = None) -> TrainOutcome:
     """Train the planned run: a new one from its first step (and --init-from's weights), or a
     resumed one from its checkpoint; then the samples of its end. A run already trained to
     train.max_steps says so and does nothing (exit 0); one stopped by a signal is saved and
-    exits 128 + the signal's number, so no scheduler mistakes it for a finished run."""
+    exits 128 + the signal's number, so no scheduler mistakes it for a finished run.
+    A task (lmforge.tasks) gives its head (`wrap`) and `objective`, as Trainer takes them."""
     cfg, run = plan.cfg, plan.run
     if plan.resume_from is not None and plan.resume_step >= cfg.train.max_steps:
         log(f"{run} already finished at step {plan.resume_step} (train.max_steps="
@@ -45,7 +50,7 @@ def train_run(plan: RunPlan) -> TrainOutcome:
     # checkpoints hold its adapters only, so a resumed one reads its base again.
     needs_base = plan.resume_from is None or cfg.lora.r > 0
     init_state = load_state(cfg) if cfg.run.init_from and needs_base and plan.is_main else None
-    trainer = Trainer(plan, init_state=init_state)
+    trainer = Trainer(plan, init_state=init_state, wrap=wrap, objective=objective)
     if plan.resume_from is not None:
         trainer.restore(plan.resume_from)
     else:
@@ -62,7 +67,9 @@ def train_run(plan: RunPlan) -> TrainOutcome:
         env.barrier(plan.info)  # torchrun ends every rank once one exits: let all finish first
         return TrainOutcome(exit_code=preemption.exit_code(result.signal), fit=result,
                             params=outcome.params, tokens=outcome.tokens)
-    texts = trainer.samples(count=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens)
+    generates = isinstance(trainer.raw_model, GPT | RecurrentLM)  # not a task's head
+    texts = (trainer.samples(count=cfg.eval.samples, max_new_tokens=cfg.eval.sample_tokens)
+             if generates else [])
     if texts:
         shown = "".join(f"\n----- sample {i + 1} -----\n{t}\n" for i, t in enumerate(texts))
         run.samples.write_text(shown.lstrip("\n"))

@@ -48,8 +48,7 @@ from lmforge.distributed.parallelize import (
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.interop import lora
 from lmforge.interop.init_from import PretrainedWeights
-from lmforge.models import LanguageModel, TrainedModel
-from lmforge.models.heads import SequenceClassifier
+from lmforge.models import GPT, LanguageModel, TrainedModel
 from lmforge.models.rnn import RecurrentLM
 from lmforge.plan import RunPlan
 from lmforge.train import mfu
@@ -111,7 +110,8 @@ class Trainer:
             devices=info.world_size, configured_tflops=cfg.train.peak_tflops, report=info.is_main)
 
     def _language_model(self) -> LanguageModel:
-        assert not isinstance(self.raw_model, SequenceClassifier), "a task brings its objective"
+        # a model with a task's head comes with the task's objective
+        assert isinstance(self.raw_model, GPT | RecurrentLM), "a task brings its objective"
         return self.raw_model
 
     @property

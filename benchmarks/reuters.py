@@ -20,14 +20,17 @@ stories' text, `lmforge finetune classify`, headline generation) are functions o
 shape: they take the ExampleSet and return their figures for the RESULT line.
 
 2. lmforge: the default recipe's model pretrained on the training stories' text, then
-   `lmforge finetune classify` on their categories (lmforge_stages).
+   `lmforge finetune classify` on their categories (lmforge_stages);
+3. headlines: `lmforge finetune sft` of the same pretrained model on body -> title, ROUGE-L
+   of its greedy headlines beside the lead baseline's (headline_stage).
 
     python benchmarks/reuters.py [--reuters PATH] [--labels topics|places|people|orgs|exchanges]
-                                 [--pretrain-steps 1500] [--finetune-steps 600] [--svm-only]
+                                 [--pretrain-steps 1500] [--finetune-steps 600]
+                                 [--sft-steps 300] [--body-words 80] [--svm-only]
 
 Ends with one line (svm_*: the class-weighted SVM, the stronger):
 RESULT svm_micro_f1=… svm_macro_f1=… svm_top10_micro_f1=… svm_s=… micro_f1=… macro_f1=…
-top10_micro_f1=… pretrain_min=… finetune_min=…
+top10_micro_f1=… pretrain_min=… finetune_min=… rouge_l=… lead_rouge_l=… sft_min=…
 """
 
 from __future__ import annotations
@@ -145,6 +148,42 @@ def lmforge_stages(args: argparse.Namespace, work: Path) -> dict[str, float]:
             "finetune_min": finetune / 60}
 
 
+def headline_stage(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Stage 3: `lmforge finetune sft` of the pretrained model on body -> title (the first
+    --body-words words of each story, so the context keeps its beginning), then greedy
+    headlines for the first --headline-stories test stories, scored by ROUGE-L beside the
+    lead baseline on the same stories."""
+    import torch
+
+    from lmforge.runs.load import load_run
+    from lmforge.tasks.chat import template_for
+    from lmforge.tasks.headlines import lead_baseline, reuters_headlines
+    from lmforge.tasks.sft import generate_answers, text_scores
+
+    start = time.perf_counter()
+    lmforge("finetune", "sft", "--init-from", str(work / "lm"), "--data", str(args.reuters),
+            f"--data.path={work / 'sft-data'}", f"--run.dir={work / 'sft'}",
+            f"--task.body_words={args.body_words}", f"--train.max_steps={args.sft_steps}",
+            "--eval.every=0", "--train.progress=false", "--log.to=none",
+            "--train.report=false", "--train.max_minutes=0")
+    minutes = (time.perf_counter() - start) / 60
+    train, test = reuters_headlines(args.reuters, body_words=args.body_words)
+    test = test[:args.headline_stories]
+    run = load_run(work / "sft", which="best")
+    answers = generate_answers(run.model, test, tok=run.tokenizer,
+                               template=template_for(run.tokenizer),
+                               block_size=run.cfg.model.block_size, margin=4,
+                               device=torch.device("cpu"))
+    ours = text_scores(answers, [e.completion for e in test])
+    lead = lead_baseline(train, test)
+    print(f"headlines ({len(test)} test stories, sft {minutes:.1f} min): ROUGE-L "
+          f"{ours.rouge_l:.4f}, exact match {ours.exact_match:.3f}, BLEU {ours.bleu:.2f}; lead "
+          f"baseline ({lead.words} words) ROUGE-L {lead.rouge_l:.4f}")
+    for story, answer in list(zip(test, answers, strict=True))[:3]:
+        print(f"  {story.completion!r} -> {answer!r}")
+    return {"rouge_l": ours.rouge_l, "lead_rouge_l": lead.rouge_l, "sft_min": minutes}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reuters", type=Path, default=DEFAULT_REUTERS,
@@ -154,6 +193,9 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--work", type=Path, default=None,
                         help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--body-words", type=int, default=80)
+    parser.add_argument("--headline-stories", type=int, default=300)
     parser.add_argument("--svm-only", action="store_true", help="the baseline alone")
     args = parser.parse_args()
     if not args.reuters.exists():
@@ -171,11 +213,14 @@ def main() -> None:
               f"svm_top10_micro_f1={svm['top10_micro_f1']:.4f} svm_s={svm['s']:.1f}")
     if not args.svm_only:
         with tempfile.TemporaryDirectory(prefix="lmforge-reuters-") as tmp:
-            ours = lmforge_stages(args, args.work or Path(tmp))
+            work = args.work or Path(tmp)
+            ours = lmforge_stages(args, work)
+            heads = headline_stage(args, work)
         result += (f" micro_f1={ours['micro_f1']:.4f} macro_f1={ours['macro_f1']:.4f} "
                    f"top10_micro_f1={ours['top10_micro_f1']:.4f} "
                    f"pretrain_min={ours['pretrain_min']:.1f} "
-                   f"finetune_min={ours['finetune_min']:.1f}")
+                   f"finetune_min={ours['finetune_min']:.1f} rouge_l={heads['rouge_l']:.4f} "
+                   f"lead_rouge_l={heads['lead_rouge_l']:.4f} sft_min={heads['sft_min']:.1f}")
     print(result)
 
 

@@ -160,6 +160,11 @@ class ModelConfig:
     rope_original_context: int = option(8192, "llama3 scaling: the context the model was "
                                               "pre-trained at.")
     tie_embeddings: bool = option(True, "Share the token embedding with the output layer.")
+    bidirectional: bool = option(False, "Recurrent models (rnn, lstm, gru) only: read each "
+                                        "sequence in both directions, for tagging (lmforge "
+                                        "finetune tag), where a word's tag depends on what "
+                                        "follows it. Such a model sees the tokens it would "
+                                        "predict, so it cannot be trained as a language model.")
     vocab_size: int = option(0, "Vocabulary size; 0 takes it from the dataset's tokenizer.")
 
     @property
@@ -304,10 +309,19 @@ class LogConfig:
 @dataclass
 class TaskConfig:
     kind: str = option("lm", "What the run trains the model to do: lm (language modeling on "
-                             "data.path) or a task `lmforge finetune` sets up: classify.",
-                       choices=("lm", "classify"))
-    source: str = option("", "The task's labelled examples: JSONL, CSV or Parquet (text and "
-                             "label or labels), or the Reuters-21578 distribution.")
+                             "data.path) or a task `lmforge finetune` sets up: classify, tag "
+                             "or sft (instruction tuning).",
+                       choices=("lm", "classify", "tag", "sft"))
+    source: str = option("", "The task's examples: for classify JSONL, CSV or Parquet (text "
+                             "and label or labels); for sft JSONL (prompt and completion, or "
+                             "messages); or the Reuters-21578 distribution (its topics, or "
+                             "for sft its headlines).")
+    eval_source: str = option("", "tag: the sentences to evaluate on (a CoNLL or CoNLL-U "
+                                  "file); empty: a part of task.source held out by hash.")
+    tag_field: str = option("upos", "tag, CoNLL-U: the column of tags (upos or xpos).",
+                            choices=("upos", "xpos"))
+    body_words: int = option(0, "sft on Reuters-21578: keep the first this many words of each "
+                                "story (0: all), so a small context keeps its beginning.")
     labels: str = option("topics", "Reuters-21578: which label set (topics, places, people, "
                                    "orgs, exchanges).")
     split: str = option("", "The examples' own split ('modapte' for Reuters-21578); empty: a "
@@ -490,6 +504,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.rope_low_freq_factor={m.rope_low_freq_factor:g} must be below "
                           f"model.rope_high_freq_factor={m.rope_high_freq_factor:g} (Llama 3 uses "
                           "1 and 4)")
+    if m.bidirectional and m.arch == "gpt":
+        raise ConfigError("model.bidirectional=true needs model.arch=rnn, lstm or gru: a causal "
+                          "Transformer sees only the left context")
+    if m.bidirectional and cfg.task.kind in ("lm", "sft"):
+        raise ConfigError(f"model.bidirectional=true with task.kind={cfg.task.kind}: a model "
+                          "that reads both ways sees the tokens it would predict, so it cannot "
+                          "be trained as a language model; use it to tag or classify")
     if not m.mlp_hidden and int(m.n_embd * m.mlp_ratio) < 1:
         raise ConfigError(f"model.mlp_ratio={m.mlp_ratio} gives an MLP of "
                           f"{m.n_embd * m.mlp_ratio:g} units; use a ratio such as 4 "

@@ -141,6 +141,7 @@ BOUNDS: dict[str, Range] = {
                          why="it splits heads, and model.n_head is at most 1024"),
     "parallel.timeout_s": Range(0.0, 7 * 24 * 3600.0, open_low=True,
                                 why="a peer silent for a week is dead"),
+    "task.body_words": Range(0, 1_000_000, zero="the whole story", why="no story is longer"),
     "task.val_fraction": Range(0.0, 1.0, open_low=True, open_high=True,
                                why="the training part would be empty"),
     "lora.r": Range(0, 4096, zero="off: every weight trains",
@@ -207,6 +208,7 @@ class ModelShape(Protocol):
     mlp_ratio: float
     mlp_hidden: int
     qkv_bias: bool
+    bidirectional: bool
 
     @property
     def kv_heads(self) -> int: ...
@@ -238,8 +240,7 @@ def model_params(m: ModelShape, vocab: int | None = None) -> int:
     v = m.vocab_size if vocab is None else vocab
     head = 0 if m.tie_embeddings else v * c
     if m.arch in _GATES:
-        cell = _GATES[m.arch] * (2 * c * c + 2 * c)
-        return v * c + layers * cell + head + v * bias
+        return v * c + _recurrent_layers(m) + head + v * bias
     h = mlp_hidden(m)
     norm = c * (2 if m.norm == "layernorm" and bias else 1)
     mlp = 3 * c * h + (2 * h + c) * bias if m.mlp == "swiglu" else 2 * c * h + (h + c) * bias
@@ -249,6 +250,18 @@ def model_params(m: ModelShape, vocab: int | None = None) -> int:
     block = attn + mlp + 2 * norm
     positions = m.block_size * c if m.pos == "learned" else 0
     return v * c + positions + layers * block + norm + head
+
+
+def _recurrent_layers(m: ModelShape) -> int:
+    """The recurrent layers' weights: per direction, input and hidden matrices and two biases
+    for each gate; a bidirectional model's layers above the first read both directions (2C
+    wide), and a projection brings the top layer's 2C back to C (models/rnn.py)."""
+    c, gates = m.n_embd, _GATES[m.arch]
+    if not m.bidirectional:
+        return m.n_layer * gates * (2 * c * c + 2 * c)
+    first = 2 * gates * (2 * c * c + 2 * c)
+    above = 2 * gates * (3 * c * c + 2 * c)
+    return first + (m.n_layer - 1) * above + 2 * c * c + c * int(m.bias)
 
 
 def _per_token(m: ModelShape) -> int:

@@ -76,3 +76,39 @@ def test_bad_input_is_one_line_and_exit_2(work, args, message):
     proc = lmforge(*args, cwd=work, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_sft_tunes_on_completions_and_resumes_as_a_task_run(work):
+    from helpers import records
+
+    pairs = list(zip(lines()[::2], lines()[1::2], strict=False))
+    (work / "pairs.jsonl").write_text("".join(
+        json.dumps({"prompt": a + "\n", "completion": b}) + "\n" for a, b in pairs))
+    settings = options(QUIET, {k: v for k, v in SETTINGS.items() if k != "data.path"}, {
+        "train.max_steps": "20", "eval.every": "10", "eval.batches": "2", "optim.lr": "3e-3",
+        "checkpoint.every": "10", "run.dir": "runs/sft"})
+    proc = lmforge("finetune", "sft", "--init-from", "runs/lm", "--data", "pairs.jsonl",
+                   *settings, cwd=work)
+    assert "sft: " in proc.stderr and "ROUGE-L" in proc.stderr
+    evals = records(work / "runs" / "sft", "eval")
+    assert [r["step"] for r in evals] == [10, 20] and evals[1]["val_loss"] < evals[0]["val_loss"]
+    assert {"rouge_l", "bleu", "exact_match"} <= set(evals[1])
+    proc = lmforge("train", "--resume", "runs/sft", "--train.max_steps=30", cwd=work)
+    assert "resumed from" in proc.stderr and "ROUGE-L" in proc.stderr  # still an sft run
+
+
+def test_tag_tags_python_tokens_and_resumes_as_a_task_run(work):
+    from helpers import records
+
+    settings = options(QUIET, {k: v for k, v in SETTINGS.items() if k != "data.path"}, {
+        "train.max_steps": "40", "eval.every": "20", "optim.lr": "1e-2",
+        "checkpoint.every": "20", "run.dir": "runs/tag"})
+    proc = lmforge("finetune", "tag", "--init-from", "runs/lm", "--data", "python:json",
+                   *settings, cwd=work)
+    assert "macro-F1" in proc.stderr or "macro_f1" in proc.stderr or "accuracy" in proc.stderr
+    evals = records(work / "runs" / "tag", "eval")
+    assert [r["step"] for r in evals] == [20, 40]
+    assert evals[-1]["accuracy"] > 0.8, evals  # most tokens' types show in their characters
+    proc = lmforge("train", "--resume", "runs/tag", "--train.max_steps=50", cwd=work)
+    assert "resumed from" in proc.stderr
+    assert records(work / "runs" / "tag", "eval")[-1]["step"] == 50

@@ -48,7 +48,8 @@ def test_synthetic_sgm_text_and_metadata(tmp_path):
                                       "RATES UP", "RAW TABLE 1 vs 2\n\n Reuter", "No title here."]
     assert docs[0].meta == {"topics": ["cocoa", "grain"], "places": ["usa"], "people": [],
                             "orgs": [], "exchanges": [], "date": "26-FEB-1987 15:01:01.79",
-                            "newid": 1, "lewissplit": "TRAIN", "cgisplit": "TRAINING-SET"}
+                            "newid": 1, "lewissplit": "TRAIN", "cgisplit": "TRAINING-SET",
+                            "title": "PROFIT & LOSS <AB>"}
     assert "split" not in docs[0].meta
 
 

@@ -206,9 +206,10 @@ def _shapes():
                                                        ("layernorm", "rmsnorm")):
         yield ModelConfig(n_layer=2, n_head=2, n_embd=12, block_size=10, vocab_size=23, pos=pos,
                           mlp=mlp, bias=bias, tie_embeddings=tie, norm=norm, mlp_ratio=2.5)
-    for arch, bias, tie in itertools.product(("rnn", "lstm", "gru"), (False, True), (False, True)):
+    for arch, bias, tie, both in itertools.product(("rnn", "lstm", "gru"), (False, True),
+                                                   (False, True), (False, True)):
         yield ModelConfig(arch=arch, n_layer=2, n_embd=12, vocab_size=23, bias=bias,
-                          tie_embeddings=tie)
+                          tie_embeddings=tie, bidirectional=both)
 
 
 def test_the_parameter_count_is_the_models_own():

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         task = task_for(plan.cfg)  # a task run (lmforge finetune) continues as one
         outcome = (train_run(plan) if task is None
                    else train_run(plan, wrap=task.wrap, objective=task.objective))
-    if outcome.trained and plan.is_main and task is not None:  # its test figures, again
+    if outcome.trained and plan.is_main and plan.cfg.task.kind == "classify":  # test figures
         from lmforge.runs.classifier import measure_run
 
         print(measure_run(plan.run.path).text)

@@ -10,9 +10,10 @@ template in chat_template.jinja, are kept byte for byte (COPIED) so that a prepa
 run and an export carry the model's tokenizer exactly as it came.
 
 Nothing here executes what it reads: a tokenizer_config.json may name Python classes
-(auto_map) and hold a Jinja chat template; both are stored and copied, never imported or
-rendered. The JSON files may be damaged or hostile (huge, nested past Python's limits, not
-UTF-8, a list where an object belongs): each is one DataError that names the file and the fix.
+(auto_map) and hold a Jinja chat template; both are stored and copied, never imported; the
+template is rendered only by instruction tuning, in jinja2's sandbox (tasks/chat.py). The
+JSON files may be damaged or hostile (huge, nested past Python's limits, not UTF-8, a list
+where an object belongs): each is one DataError that names the file and the fix.
 """
 
 from __future__ import annotations

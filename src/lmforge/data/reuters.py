@@ -2,7 +2,8 @@
 
 The SGML is not XML (no root element, bare `&#3;` control codes), so documents are cut out
 with regular expressions. Each `<REUTERS>` element becomes one Document with id
-`reuters:NEWID`; text is the title and the body. With split 'modapte' only the ModApte
+`reuters:NEWID`; text is the title and the body, and meta["title"] the title alone ("" for
+a story without one), so a task can tell them apart (headline generation). With split 'modapte' only the ModApte
 documents are kept, each with meta["split"], so prepare uses the standard split instead of
 hashing ids. Documents come file by file in name order, then in document order, so the
 archive and the unpacked directory give the same stream.
@@ -74,10 +75,14 @@ def _codes(fields: dict[str, str], name: str) -> list[str]:
     return [_clean(d.partition("</D>")[0]) for d in field.split("<D>")[1:]] if field else []
 
 
-def _text(text: str) -> str:
+def _title(text: str) -> str:
+    title = _element(text, "TITLE")
+    return _clean(title) if title is not None else ""
+
+
+def _text(text: str, title: str) -> str:
     """Title and body; BRIEF stories have only a title, UNPROC ones only raw TEXT."""
-    title, story = _element(text, "TITLE"), _element(text, "BODY")
-    title = _clean(title) if title is not None else ""
+    story = _element(text, "BODY")
     if story is not None:
         story = _clean(story)
         return f"{title}\n\n{story}" if title else story
@@ -124,8 +129,9 @@ def parse(data: bytes, *, source: str, split: str, stats: SourceStats) -> Iterat
             if part is None:
                 continue
             meta["split"] = part
-        text = _element(body, "TEXT", max(text_at, 0)) if text_at >= 0 else None
-        yield Document(text=_text(text or ""), id=f"reuters:{newid}", meta=meta)
+        text = (_element(body, "TEXT", max(text_at, 0)) if text_at >= 0 else None) or ""
+        meta["title"] = _title(text)
+        yield Document(text=_text(text, meta["title"]), id=f"reuters:{newid}", meta=meta)
 
 
 def members(stream: IO[bytes], source: str) -> list[tuple[str, bytes]]:

@@ -202,7 +202,8 @@ class HfTokenizer(_HfBacked):
     """A Hugging Face model's own tokenizer, so that a model trained elsewhere keeps the ids
     it was trained with. Its files are kept byte for byte (hf_files.COPIED): saving copies
     them beside tokenizer_meta.json, so AutoTokenizer loads a saved or exported one exactly as
-    the original, chat template included (which lmforge stores, never renders)."""
+    the original, chat template included (stored as it is; only instruction tuning renders it, in
+    jinja2's sandbox: tasks/chat.py)."""
 
     kind = "hf"
 
@@ -225,6 +226,16 @@ class HfTokenizer(_HfBacked):
 
     def _extra_meta(self) -> dict[str, Any]:
         return {"bos_id": self.bos_id, "files": sorted(self.files)}
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Ids of a text the model's chat template rendered, where a special token's text
+        (<|im_start|>) is that token, as the model was tuned to read it. Documents never come
+        here: in them such text is text (encode)."""
+        self._hf.encode_special_tokens = False
+        try:
+            return list(self._hf.encode(text, add_special_tokens=False).ids)
+        finally:
+            self._hf.encode_special_tokens = True
 
     def token(self, i: int) -> str | None:
         """The token of id `i` as the vocabulary spells it (for messages)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT
-from lmforge.models.heads import SequenceClassifier
+from lmforge.models.heads import SequenceClassifier, TokenTagger
 from lmforge.models.rnn import RecurrentLM
 
 # the recurrent names share one class, which reads its cell from cfg.arch
@@ -16,7 +16,7 @@ MODELS: dict[str, type[GPT] | type[RecurrentLM]] = {"gpt": GPT, "rnn": Recurrent
 # Every model follows `forward(tokens, state=None) -> (logits, state)` (DESIGN.md).
 LanguageModel = GPT | RecurrentLM
 # What a run may train: a language model, or one with a task's head (models/heads.py)
-TrainedModel = GPT | RecurrentLM | SequenceClassifier
+TrainedModel = GPT | RecurrentLM | SequenceClassifier | TokenTagger
 
 
 def build_model(cfg: ModelConfig) -> LanguageModel:

@@ -10,14 +10,23 @@ feeds one token at a time. Sizes come from ModelConfig: n_embd is both the embed
 and the hidden size (so the output layer can always be tied), n_layer the depth, dropout
 the rate on the embedding, between layers and before the output layer; n_head, block_size,
 norm, mlp and pos do not apply.
+
+With model.bidirectional the layers read each sequence both ways (for tagging, where a
+word's tag depends on what follows it): each layer's output is 2 n_embd wide, and a linear
+projection brings the top one back to n_embd, so a task's head reads the same width as from
+a one-way model. Such a model has seen token t+1 when it predicts it, so it is never a
+language model: `forward` (the LM logits) refuses it, and tasks read `hidden`, which takes
+the sequences' lengths so that right padding never reaches a real position backwards.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError
 from lmforge.models.parallel_plan import ParallelPlan
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -43,11 +52,16 @@ class RecurrentLM(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         # torch applies this dropout between layers only, and warns if there is one layer
         between = cfg.dropout if cfg.n_layer > 1 else 0.0
+        self.directions = 2 if cfg.bidirectional else 1
         self.rnn = CELLS[cfg.arch](cfg.n_embd, cfg.n_embd, num_layers=cfg.n_layer,
-                                   dropout=between, batch_first=True)
+                                   dropout=between, batch_first=True,
+                                   bidirectional=cfg.bidirectional)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one tensor: input and output embedding
+        # only when bidirectional, so a one-way model's weights and random draws stay as they were
+        self.proj = (nn.Linear(2 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+                     if cfg.bidirectional else None)
         self.init_weights()
 
     def tie_weights(self) -> None:
@@ -85,6 +99,10 @@ class RecurrentLM(nn.Module):
                     nn.init.zeros_(gate)
             if self.cfg.arch == "lstm" and name.startswith("bias_ih"):
                 p[hidden:2 * hidden].fill_(1.0)  # gate order i, f, g, o; bias_hh adds 0
+        if self.proj is not None:
+            nn.init.xavier_uniform_(self.proj.weight)
+            if self.proj.bias is not None:
+                nn.init.zeros_(self.proj.bias)
 
     def parallel_plan(self) -> ParallelPlan:
         """No repeated blocks to shard, recompute or compile one by one: FSDP shards the whole
@@ -97,24 +115,41 @@ class RecurrentLM(nn.Module):
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the state after the
         last one; state None starts from zeros."""
+        if self.cfg.bidirectional:
+            raise ConfigError("model.bidirectional=true: a model that reads backwards sees the "
+                              "next token, so it cannot be trained as a language model; use it "
+                              "for tagging (lmforge.tasks.tag)")
         x, state = self._run(tokens, state)
         return self.lm_head(x), state  # (B, T, vocab)
 
-    def hidden(self, tokens: Tensor, state: State | None = None) -> Tensor:
+    def hidden(self, tokens: Tensor, state: State | None = None, *,
+               lengths: Tensor | None = None) -> Tensor:
         """The last layer's outputs (B, T, C), what the output layer reads: at position t the
-        state after token t, so a task's head (lmforge.tasks) reads the last one."""
-        return self._run(tokens, state)[0]
+        state after token t, so a task's head (lmforge.tasks) reads the last one. `lengths`
+        (B,) of right-padded sequences: a bidirectional model then starts each backward pass
+        at the sequence's own last token, not at the padding (a one-way model needs no
+        lengths: padding comes after every real position)."""
+        return self._run(tokens, state, lengths=lengths)[0]
 
-    def _run(self, tokens: Tensor, state: State | None) -> tuple[Tensor, State]:
+    def _run(self, tokens: Tensor, state: State | None, *,
+             lengths: Tensor | None = None) -> tuple[Tensor, State]:
         x = self.drop(self.wte(tokens))  # (B, T, C)
-        x, state = self.rnn(x, state)  # (B, T, C); state (L, B, C), or a pair of them
-        return self.drop(x), state
+        if self.proj is None:
+            x, state = self.rnn(x, state)  # (B, T, C); state (L, B, C), or a pair of them
+            return self.drop(x), state
+        if lengths is None:
+            x, state = self.rnn(x, state)  # (B, T, 2C); state (2L, B, C), or a pair
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, state = self.rnn(packed, state)
+            x, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.size(1))
+        return self.drop(self.proj(x)), state  # (B, T, C)
 
     def new_state(self, batch_size: int, *, device: torch.device | str | None = None) -> State:
         """The zero state, the same as passing None, for callers that keep one per stream;
         on the model's device and in its dtype unless given a device."""
         weight = self.wte.weight
-        shape = (self.cfg.n_layer, batch_size, self.cfg.n_embd)
+        shape = (self.directions * self.cfg.n_layer, batch_size, self.cfg.n_embd)
         h = torch.zeros(shape, device=device or weight.device, dtype=weight.dtype)
         return (h, torch.zeros_like(h)) if self.cfg.arch == "lstm" else h
 

@@ -75,7 +75,7 @@ def read_examples(source: str | Path, *, labels: str = "topics", split: str = ""
     if not path.exists():
         raise DataError(f"{path} does not exist; pass a JSONL, CSV or Parquet file of "
                         "labelled examples, or reuters21578.tar.gz")
-    if _is_reuters(path):
+    if is_reuters(path):
         return _reuters_set(path, labels, split)
     if split:
         raise DataError(f"split {split!r} is for Reuters-21578 only; a file gives its own "
@@ -281,7 +281,7 @@ def _split_of(where: str, record: dict[str, Any]) -> str | None:
 
 # ---------------------------------------------------------------- Reuters-21578
 
-def _is_reuters(path: Path) -> bool:
+def is_reuters(path: Path) -> bool:
     name = inner_name(path.name).lower()
     return path.is_dir() or is_reuters_sgm(path.name) or name.endswith(".tar")
 

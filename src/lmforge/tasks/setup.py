@@ -6,12 +6,24 @@ trains and what validates during training, and targets in the label order of the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from lmforge.config import Config
 from lmforge.tasks.classify import ClassifyTask
-from lmforge.tasks.examples import Example, ExampleSet, read_examples, val_part
+from lmforge.tasks.examples import Example, ExampleSet, is_reuters, read_examples, val_part
+from lmforge.tasks.headlines import reuters_headlines
+from lmforge.tasks.sft import SftTask
+from lmforge.tasks.sft_data import SftExample, read_sft
+from lmforge.tasks.tag import TagTask
+from lmforge.tasks.tagged import (
+    TaggedSet,
+    hold_out,
+    python_tokens_set,
+    read_tagged,
+    tagged_set,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,43 @@ def classify_task(cfg: Config, data: ClassifyData | None = None) -> ClassifyTask
                         n_labels=len(data.label_names), pooling=cfg.task.pooling)
 
 
-def task_for(cfg: Config) -> ClassifyTask | None:
+def sft_examples(cfg: Config) -> tuple[list[SftExample], list[SftExample]]:
+    """(train, held out): Reuters-21578's headlines (ModApte: its test stories held out), or
+    a JSONL file's examples (a part held out by their own split, else by hash)."""
+    t = cfg.task
+    if is_reuters(Path(t.source)):
+        return reuters_headlines(t.source, body_words=t.body_words)
+    return read_sft(t.source, val_fraction=t.val_fraction, seed=cfg.run.seed)
+
+
+def example_text(example: SftExample) -> str:
+    """All the text of an example, for preparing the tokenizer's dataset."""
+    if example.chat:
+        return "\n".join(m.content for m in example.messages)
+    return example.prompt + example.completion
+
+
+PYTHON = "python:"  # task.source python:PACKAGE: a standard-library package tagged by tokenize
+
+
+def tagged_data(cfg: Config) -> TaggedSet:
+    """The sentences of a tag run: python:PACKAGE (its last lines held out), or a CoNLL /
+    CoNLL-U file with task.eval_source, or with a part held out by hash."""
+    t = cfg.task
+    if t.source.startswith(PYTHON):
+        return python_tokens_set(t.source[len(PYTHON):], test_fraction=t.val_fraction)
+    train = read_tagged(t.source, field=t.tag_field)
+    if t.eval_source:
+        return tagged_set(train, read_tagged(t.eval_source, field=t.tag_field))
+    return hold_out(train, t.val_fraction)
+
+
+def task_for(cfg: Config) -> ClassifyTask | TagTask | SftTask | None:
     """The task cfg.task names, or None for language modeling."""
-    return classify_task(cfg) if cfg.task.kind == "classify" else None
+    if cfg.task.kind == "classify":
+        return classify_task(cfg)
+    if cfg.task.kind == "tag":
+        return TagTask.from_set(tagged_data(cfg))
+    if cfg.task.kind == "sft":
+        return SftTask(*sft_examples(cfg))
+    return None

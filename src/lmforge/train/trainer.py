@@ -138,7 +138,10 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"counters": dataclasses.asdict(self.counters),
-                 "loader": self.objective.state_dict(),
+                 # the global batch with every objective's position: a resume on other
+                 # ranks must keep it (plan.keep_global_batch)
+                 "loader": {"global_batch": self.objective.global_batch,
+                            **self.objective.state_dict()},
                  "rng": env.gather_objects(rng, self.info),  # one per rank, in rank order
                  "world_size": self.info.world_size,
                  **self.objective.extra_state()}

@@ -140,7 +140,15 @@ def evaluate_classifier(run_dir: Path, *, val_texts: list[str], val_targets: np.
     loaded = load_classifier(run_dir)
     labels = loaded.labels
     if labels.multi_label:
-        thresholds = tune_thresholds(loaded.probabilities(val_texts), val_targets)
+        val_probabilities = loaded.probabilities(val_texts)
+        thresholds = tune_thresholds(val_probabilities, val_targets)
+        # A label no validation text has gives its threshold nothing to learn from; its loss
+        # weighs positives up, so 1/2 fires on many texts: predict it only above every
+        # validation score it reached, that is, never where it would have been wrong there.
+        unseen = np.asarray(val_targets).sum(0) == 0
+        if unseen.any():
+            highest = val_probabilities[:, unseen].max(0) + 1e-6
+            thresholds[unseen] = np.maximum(thresholds[unseen], highest)
         labels = Labels(labels.names, True, [float(t) for t in thresholds])
         labels.write(loaded.run)
         loaded = LoadedClassifier(loaded.run, loaded.cfg, loaded.model, loaded.tokenizer,

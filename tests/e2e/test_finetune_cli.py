@@ -112,3 +112,11 @@ def test_tag_tags_python_tokens_and_resumes_as_a_task_run(work):
     proc = lmforge("train", "--resume", "runs/tag", "--train.max_steps=50", cwd=work)
     assert "resumed from" in proc.stderr
     assert records(work / "runs" / "tag", "eval")[-1]["step"] == 50
+
+
+@pytest.mark.parametrize("verb", ["generate", "export"])
+def test_a_task_run_is_not_a_language_model_for_generate_or_export(work, verb):
+    args = [verb, "runs/cls"] + (["--out", "cls-export"] if verb == "export" else [])
+    proc = lmforge(*args, cwd=work, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is a classify run" in proc.stderr and not (work / "cls-export").exists()

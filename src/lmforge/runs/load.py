@@ -11,6 +11,7 @@ from typing import Any
 from lmforge import checkpoint
 from lmforge.config import Config
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
+from lmforge.errors import ConfigError
 from lmforge.interop import lora
 from lmforge.models import LanguageModel, build_model
 from lmforge.rundir import RunDir, read_run_config
@@ -33,6 +34,12 @@ def load_run(run_dir: Path | RunDir, *, which: str = "latest", device: str = "cp
     tokenizer."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     cfg = read_run_config(run)
+    if cfg.task.kind in ("classify", "tag"):  # a head, not a language model's output layer
+        how = ("`lmforge eval` measures it on its test examples and `lmforge predict` uses it"
+               if cfg.task.kind == "classify" else
+               "its figures are the evaluations in its metrics.jsonl (`lmforge report`)")
+        raise ConfigError(f"{run} is a {cfg.task.kind} run: its model ends in a task head, "
+                          f"not a language model's output layer; {how}")
     path = checkpoint.find_checkpoint(run, which)
     meta = checkpoint.verify(path)
     if meta.lora is not None:

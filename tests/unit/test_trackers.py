@@ -206,8 +206,10 @@ def old_config(run: Path, tensorboard: bool) -> None:
     """Make `run`'s config.toml what a run saved before [log] existed: train.tensorboard."""
     text = (run / "config.toml").read_text()
     head, log = text.split("[log]\n")
-    assert log.strip().startswith("to =") and "\n[" not in log.strip()
-    text = head.replace("[train]\n", f"[train]\ntensorboard = {str(tensorboard).lower()}\n")
+    log, _, rest = log.partition("\n[")  # the [log] section alone; the sections after it stay
+    assert log.strip().startswith("to =") and "\n" not in log.strip()
+    text = head + ("[" + rest if rest else "")
+    text = text.replace("[train]\n", f"[train]\ntensorboard = {str(tensorboard).lower()}\n")
     (run / "config.toml").write_text(text)
 
 

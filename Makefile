@@ -32,7 +32,7 @@ lint: install-test
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile  # two workers, each test file on one of them
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -204,18 +204,19 @@ def tiny_config(dataset: Path, run_dir: Path, *layers: dict[str, str]):
     return load_config("default", settings)
 
 
-def trainer(cfg, *, resume: bool = False):
+def trainer(cfg, *, resume: bool = False, task=None):
     """A Trainer for `cfg` in this process; resume=True continues cfg.run.dir from its latest
-    intact checkpoint, as `lmforge train --resume` does."""
+    intact checkpoint, as `lmforge train --resume` does. `task` (lmforge.tasks: its head and
+    objective) trains for a task instead of language modeling."""
     from lmforge import checkpoint
     from lmforge.plan import local_plan
     from lmforge.rundir import RunDir
     from lmforge.train.trainer import Trainer
 
     run = RunDir(Path(cfg.run.dir))
-    if not resume:
-        return Trainer(local_plan(cfg, run))
-    path = checkpoint.find_checkpoint(run, "latest")
-    resumed = Trainer(local_plan(cfg, run, resume_from=path))
-    resumed.restore(path)
-    return resumed
+    path = checkpoint.find_checkpoint(run, "latest") if resume else None
+    hooks = {} if task is None else {"wrap": task.wrap, "objective": task.objective}
+    made = Trainer(local_plan(cfg, run, resume_from=path), **hooks)
+    if path is not None:
+        made.restore(path)
+    return made

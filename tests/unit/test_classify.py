@@ -9,11 +9,10 @@ import pytest
 import torch
 from helpers import STDLIB, losses, records, rewind
 from helpers import tiny_config as shared_config
+from helpers import trainer as helper_trainer
 
 from lmforge.models.gpt import GPT
 from lmforge.models.heads import SequenceClassifier
-from lmforge.plan import local_plan
-from lmforge.rundir import RunDir
 from lmforge.tasks.classify import ClassifyTask
 from lmforge.train.trainer import Trainer
 
@@ -47,16 +46,8 @@ def task(*, multi: bool) -> ClassifyTask:
 
 
 def make(dataset, run_dir, the_task: ClassifyTask, *, resume: bool = False) -> Trainer:
-    from lmforge import checkpoint
-
-    cfg = shared_config(dataset, run_dir, SETTINGS)
-    run = RunDir(run_dir)
-    path = checkpoint.find_checkpoint(run, "latest") if resume else None
-    trainer = Trainer(local_plan(cfg, run, resume_from=path), wrap=the_task.wrap,
-                      objective=the_task.objective)
-    if path is not None:
-        trainer.restore(path)
-    return trainer
+    return helper_trainer(shared_config(dataset, run_dir, SETTINGS), resume=resume,
+                          task=the_task)
 
 
 def evals(run_dir) -> list[dict]:

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from helpers import STDLIB, losses, records, rewind
 from helpers import tiny_config as shared_config
+from helpers import trainer as helper_trainer
 from hf_styles import QWEN2_TEMPLATE, write_model_dir
 
 from lmforge.data.tokenizer import ByteTokenizer, HfTokenizer
 from lmforge.errors import DataError
 from lmforge.models.gpt import GPT
-from lmforge.plan import local_plan
-from lmforge.rundir import RunDir
 from lmforge.tasks.chat import LmforgeTemplate, Message, template_for
 from lmforge.tasks.sft import Packer, SftTask, text_scores
 from lmforge.tasks.sft_data import (
@@ -240,16 +239,7 @@ def test_text_scores_follow_their_libraries():
 # ---------------------------------------------------------------- on the one loop
 
 def make(dataset, run_dir, task: SftTask, *, resume: bool = False) -> Trainer:
-    from lmforge import checkpoint
-
-    cfg = shared_config(dataset, run_dir, SETTINGS)
-    run = RunDir(run_dir)
-    path = checkpoint.find_checkpoint(run, "latest") if resume else None
-    trainer = Trainer(local_plan(cfg, run, resume_from=path), wrap=task.wrap,
-                      objective=task.objective)
-    if path is not None:
-        trainer.restore(path)
-    return trainer
+    return helper_trainer(shared_config(dataset, run_dir, SETTINGS), resume=resume, task=task)
 
 
 def test_sft_lowers_the_completion_loss_on_the_one_loop_and_resumes_exactly(dataset, tmp_path):

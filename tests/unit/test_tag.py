@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import STDLIB, losses, records, rewind
 from helpers import tiny_config as shared_config
+from helpers import trainer as helper_trainer
 
 from lmforge.config import ModelConfig, load_config
 from lmforge.data.tokenizer import train_tokenizer
@@ -16,8 +17,6 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.models.gpt import GPT
 from lmforge.models.heads import TokenTagger
 from lmforge.models.rnn import RecurrentLM
-from lmforge.plan import local_plan
-from lmforge.rundir import RunDir
 from lmforge.tasks.tag import IGNORE, TagTask, align, is_bio, tag_figures
 from lmforge.tasks.tagged import (
     TaggedSentence,
@@ -262,16 +261,8 @@ def python_tags():
 
 
 def make(dataset, run_dir, task: TagTask, model: str, *, resume: bool = False) -> Trainer:
-    from lmforge import checkpoint
-
-    cfg = shared_config(dataset, run_dir, SETTINGS, MODELS[model])
-    run = RunDir(run_dir)
-    path = checkpoint.find_checkpoint(run, "latest") if resume else None
-    trainer = Trainer(local_plan(cfg, run, resume_from=path), wrap=task.wrap,
-                      objective=task.objective)
-    if path is not None:
-        trainer.restore(path)
-    return trainer
+    return helper_trainer(shared_config(dataset, run_dir, SETTINGS, MODELS[model]),
+                          resume=resume, task=task)
 
 
 @pytest.fixture(scope="module")

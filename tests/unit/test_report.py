@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from lmforge.config import Config
 from lmforge.errors import LmforgeError
 from lmforge.rundir import RunDir, write_config
+from lmforge.runs.page_text import literal
 from lmforge.runs.report import (
     FIGURE_SPECS,
     _figure,
-    _literal,
     _page,
     _series,
     _wall_clock,
@@ -225,7 +225,7 @@ def test_run_names_are_literal_text_in_figures_and_page(tmp_path, names, stray):
 def test_mathtext_in_a_run_name_is_drawn_as_text(tmp_path, name):
     runs = [make_run(tmp_path / "runs" / name, lr=1e-3), make_run(tmp_path / "runs" / "b", lr=1e-3)]
     assert "7 figures" in write_report(runs)
-    assert _literal(name) == name.replace("$", "\\$")  # matplotlib shows \$ as $
+    assert literal(name) == name.replace("$", "\\$")  # matplotlib shows \$ as $
 
 
 def test_a_run_directory_whose_name_is_too_long_is_one_line(tmp_path):

@@ -12,18 +12,17 @@ anything outside the file, so it opens offline, from an archive or an e-mail.
 It shows: a summary table; loss and bits per byte against step and against wall time;
 learning rate, gradient norm, throughput and MFU; the resolved config (for several runs, the
 keys that differ); the dataset's report (what prepare read, dropped and wrote); the
-samples at the end and at each evaluation; and the checkpoints. Everything comes from
-files the run directory already has (config.toml, metrics.jsonl, samples.txt, samples.jsonl,
-checkpoints/) and from the dataset's manifest.json and report.json, so a report can be made
-for a run that is still training. What is damaged is left out and named on the page; only a
+samples at the end and at each evaluation; the checkpoints; and for a classification run
+its test figures per label (report_task). Everything comes from files the run directory
+already has (config.toml, metrics.jsonl, samples.txt, samples.jsonl, checkpoints/,
+test_metrics.json) and from the dataset's manifest.json and report.json, so a report can be
+made for a run that is still training. What is damaged is left out and named on the page; only a
 config.toml that cannot be read stops the report.
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import io
 import json
 import math
 import tomllib
@@ -35,6 +34,8 @@ from lmforge import rundir
 from lmforge.errors import LmforgeError
 from lmforge.files import write_text_atomic
 from lmforge.rundir import FIGURES_DIR, REPORT_FILE, WEIGHTS_FILE, RunDir, read_run_config
+from lmforge.runs import report_task
+from lmforge.runs.page_text import escape, literal, png, pyplot
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RunData:
     eval_samples: list[dict[str, Any]] = field(default_factory=list)  # {"step", "texts"}
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     params: int | None = None
+    test: report_task.ClassifierResults | None = None  # a classification run's test figures
     notes: list[str] = field(default_factory=list)  # what was damaged and left out
 
     @property
@@ -142,6 +144,7 @@ def load_run_data(run_dir: Path, *, name: str | None = None) -> RunData:
     data.samples = rundir.read_text_or_none(run.samples, notes) or ""
     data.eval_samples = _samples(rundir.read_records(run.eval_samples, notes))
     data.checkpoints = _checkpoints(run)
+    data.test = report_task.read_test_metrics(run.path, data.config, notes)
     if data.checkpoints:
         data.params = rundir.weights_count(run.checkpoints / data.checkpoints[-1]["name"]
                                           / WEIGHTS_FILE)
@@ -185,24 +188,14 @@ FIGURE_SPECS = [  # file name, quantity, x, title, y label
 ]
 
 
-def _literal(text: str) -> str:
-    """`text` as matplotlib shows it: each $ escaped, so no mathtext is parsed (and TeX is off)."""
-    return _printable(text).replace("$", r"\$")
-
-
 def _figure(runs: list[RunData], *, what: str, x: str, title: str, ylabel: str) -> bytes | None:
     """One PNG with every run's lines (one colour per run: train thin, validation with
     markers), or None when no run has data for it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     lines = [(i, run, s) for i, run in enumerate(runs) for s in _series(run, what, x)]
     if not lines:
         return None
     minutes = x == "time_s" and max(max(s[2]) for _, _, s in lines) > 120
-    plt.rcParams["text.usetex"] = False  # Agg, in this process alone: labels stay literal
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run, (label, style, xs, ys) in lines:
@@ -210,39 +203,25 @@ def _figure(runs: list[RunData], *, what: str, x: str, title: str, ylabel: str) 
         xs = [v / 60 for v in xs] if minutes else xs
         kw = ({"linewidth": 1.0, "alpha": 0.75} if style == "train"
               else {"marker": "o", "markersize": 3.5, "linewidth": 1.6})
-        ax.plot(xs, ys, color=colors[i % len(colors)], label=_literal(name), **kw)
+        ax.plot(xs, ys, color=colors[i % len(colors)], label=literal(name), **kw)
     ax.set_xlabel({"step": "step", "time_s": "wall time in training (minutes)" if minutes
                    else "wall time in training (seconds)"}[x])
-    ax.set_ylabel(_literal(ylabel))
+    ax.set_ylabel(literal(ylabel))
     if what == "lr":
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    ax.set_title(_literal(title))
+    ax.set_title(literal(title))
     ax.grid(alpha=0.3)
     if len(lines) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 # ---------------------------------------------------------------------------- html
 
-def _printable(text: str) -> str:
-    """A lone surrogate (a file name's stray byte, a "\\ud800" in JSON) as "?": UTF-8 has none."""
-    return text.encode("utf-8", errors="replace").decode("utf-8")
-
-
-def _e(value: Any) -> str:
-    return html.escape(_printable(str(value)), quote=True)
-
-
 def _table(head: list[str], rows: list[list[Any]], *, cls: str = "") -> str:
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -284,7 +263,7 @@ def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
 
 def _config_section(runs: list[RunData]) -> str:
     if len(runs) == 1:
-        return f"<pre class=config>{_e(runs[0].config_text)}</pre>"
+        return f"<pre class=config>{escape(runs[0].config_text)}</pre>"
     flat = [_flatten(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f}, key=lambda k: list(flat[0]).index(k)
                   if k in flat[0] else len(flat[0]))
@@ -293,17 +272,17 @@ def _config_section(runs: list[RunData]) -> str:
               if k not in skip and len({json.dumps(f.get(k)) for f in flat}) > 1]
     table = (_table(["key", *(r.name for r in runs)], differ) if differ
              else "<p>The runs have the same config (apart from run.dir).</p>")
-    full = "".join(f"<details><summary>{_e(r.name)}: config.toml</summary>"
-                   f"<pre class=config>{_e(r.config_text)}</pre></details>" for r in runs)
+    full = "".join(f"<details><summary>{escape(r.name)}: config.toml</summary>"
+                   f"<pre class=config>{escape(r.config_text)}</pre></details>" for r in runs)
     return f"<p>Keys whose values differ:</p>{table}{full}"
 
 
 def _data_section(run: RunData) -> str:
     path = run.config.get("data", {}).get("path", "")
     if run.manifest is None:
-        return f"<p>The dataset {_e(path)} is not on this machine (or its manifest is damaged).</p>"
+        return f"<p>The dataset {escape(path)} is not on this machine (or its manifest is damaged).</p>"
     tok = _dict(run.manifest.get("tokenizer"))
-    parts = [f"<p>Dataset <code>{_e(path)}</code>; {_e(tok.get('kind', '?'))} tokenizer, "
+    parts = [f"<p>Dataset <code>{escape(path)}</code>; {escape(tok.get('kind', '?'))} tokenizer, "
              f"{_num(tok.get('vocab_size'), ',')} tokens.</p>"]
     splits = {name: _dict(s) for name, s in _dict(run.manifest.get("splits")).items()}
     parts.append(_table(["split", "documents", "tokens", "bytes", "bytes per token"],
@@ -316,7 +295,7 @@ def _data_section(run: RunData) -> str:
     sources = ", ".join(f"{k.replace('_', ' ')} {_num(v, ',') if isinstance(v, int) else v}"
                         for k, v in _dict(rep.get("sources")).items())
     if sources:
-        parts.append(f"<p>Sources: {_e(sources)}.</p>")
+        parts.append(f"<p>Sources: {escape(sources)}.</p>")
     keys = ("docs_in", "docs_out", "bytes_in", "bytes_out")
     clean = [[step, *(_num(_dict(c).get(k), ",") for k in keys)]
              for step, c in _dict(rep.get("clean")).items()]
@@ -326,7 +305,7 @@ def _data_section(run: RunData) -> str:
     tops = rep.get("top_tokens")
     top = [_dict(t) for t in tops] if isinstance(tops, list) else []
     if top:
-        chips = " ".join(f"<code>{_e(repr(t.get('text')))}</code>&nbsp;"
+        chips = " ".join(f"<code>{escape(repr(t.get('text')))}</code>&nbsp;"
                          f"{_num(t.get('share'), '.1%')}" for t in top[:20])
         parts.append(f"<p>Most frequent tokens: {chips}</p>")
     return "".join(parts)
@@ -346,7 +325,7 @@ def _checkpoint_section(run: RunData) -> str:
 
 
 def _samples_section(run: RunData) -> str:
-    final = (f"<pre>{_e(run.samples)}</pre>" if run.samples
+    final = (f"<pre>{escape(run.samples)}</pre>" if run.samples
              else "<p>No samples at the end (eval.samples=0, or the run has not finished).</p>")
     if not run.eval_samples:
         return final
@@ -355,7 +334,7 @@ def _samples_section(run: RunData) -> str:
     for i, rec in enumerate(reversed(run.eval_samples)):  # newest first, and open
         ev = val.get(rec["step"])
         loss = f", val loss {_num(ev['val_loss'], '.4f')}" if ev else ""
-        texts = "".join(f"<pre>{_e(t)}</pre>" for t in rec["texts"])
+        texts = "".join(f"<pre>{escape(t)}</pre>" for t in rec["texts"])
         during.append(f"<details{' open' * (i == 0)}><summary>step {rec['step']:,}{loss}"
                       f"</summary>{texts}</details>")
     return (f"{final}<p>At each evaluation (the same random draws each time, so only the "
@@ -364,9 +343,9 @@ def _samples_section(run: RunData) -> str:
 
 def _per_run(runs: list[RunData], title: str, body: Any) -> str:
     if len(runs) == 1:
-        return f"<h2>{_e(title)}</h2>{body(runs[0])}"
-    return f"<h2>{_e(title)}</h2>" + "".join(
-        f"<details><summary>{_e(r.name)}</summary>{body(r)}</details>" for r in runs)
+        return f"<h2>{escape(title)}</h2>{body(runs[0])}"
+    return f"<h2>{escape(title)}</h2>" + "".join(
+        f"<details><summary>{escape(r.name)}</summary>{body(r)}</details>" for r in runs)
 
 
 _CSS = """
@@ -384,23 +363,24 @@ pre.config{column-width:24em;column-gap:2em}details{margin:.4em 0}summary{cursor
 """
 
 
-def _page(runs: list[RunData], figures: list[tuple[str, str, bytes]]) -> str:
+def _page(runs: list[RunData], figures: list[tuple[str, str, bytes]], tests: list[list[Any]] | None = None) -> str:
     title = ("lmforge run " + runs[0].name if len(runs) == 1
              else "lmforge runs " + ", ".join(r.name for r in runs))
     figs = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
-        f'alt="{_e(caption)}"><figcaption>{_e(caption)} ({FIGURES_DIR}/{name}.png)</figcaption></figure>'
+        f'alt="{escape(caption)}"><figcaption>{escape(caption)} ({FIGURES_DIR}/{name}.png)</figcaption></figure>'
         for name, caption, png in figures) or "<p>No metrics recorded yet.</p>"
     note = ("<p class=sub>Losses are per token, so they compare only between runs with the "
             "same tokenizer; bits per byte compares any two.</p>" if len(runs) > 1 else "")
     where = ", ".join(str(r.path) for r in runs)
-    notes = "".join(f"<li>{_e(r.name)}: {_e(n)}</li>" for r in runs for n in r.notes)
+    notes = "".join(f"<li>{escape(r.name)}: {escape(n)}</li>" for r in runs for n in r.notes)
     notes = f"<p class=sub>Left out of this report:</p><ul>{notes}</ul>" if notes else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{_e(title)}</h1><p class=sub>{_e(where)}</p>{notes}"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{escape(title)}</h1><p class=sub>{escape(where)}</p>{notes}"
             f"{_summary(runs)}<h2>Curves</h2>{note}<div class=figs>{figs}</div>"
+            f"{report_task.results_section([(r.name, r.test) for r in runs], tests or [], FIGURES_DIR)}"
             f"<h2>Config</h2>{_config_section(runs)}"
             f"{_per_run(runs, 'Data', _data_section)}"
             f"{_per_run(runs, 'Samples', _samples_section)}"
@@ -440,11 +420,14 @@ def write_report(runs: list[Path], *, out: Path | None = None) -> str:
             continue
         if png is not None:
             figures.append((name, title, png))
+    tests = [report_task.task_figures(r.test, r.notes, prefix=f"run{i + 1}-" * (len(data) > 1))
+             for i, r in enumerate(data)]
     (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
-    for name, _, png in figures:
+    drawn = figures + [f for t in tests for f in t]
+    for name, _, png in drawn:
         (out / FIGURES_DIR / f"{name}.png").write_bytes(png)
-    write_text_atomic(out / REPORT_FILE, _page(data, figures))
+    write_text_atomic(out / REPORT_FILE, _page(data, figures, tests))
     left = sum(len(r.notes) for r in data)
-    return (f"wrote {out / REPORT_FILE} ({len(figures)} figures, also in {out / FIGURES_DIR}/)"
+    return (f"wrote {out / REPORT_FILE} ({len(drawn)} figures, also in {out / FIGURES_DIR}/)"
             + (f"; {left} thing(s) damaged or unreadable were left out, as the page says"
                if left else ""))

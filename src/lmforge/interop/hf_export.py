@@ -1,7 +1,8 @@
 """lmforge models written for the rest of the ecosystem: a Hugging Face model directory
 (GPT2LMHeadModel or LlamaForCausalLM, with the tokenizer as tokenizer.json) that
 `transformers` loads offline, or plain safetensors under lmforge's own names for any
-architecture. The names and families are hf_layout.py's."""
+architecture. The names and families are hf_layout.py's; a classifier's export
+(hf_classifier_export.py) shares the config, weights and directory code here."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def _rope_config(cfg: ModelConfig) -> dict | None:
     return scaling
 
 
-def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, bos_id: int | None,
-               dtype: torch.dtype) -> dict:
+def hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, bos_id: int | None,
+              dtype: torch.dtype) -> dict:
+    """config.json of the HF model that computes what `cfg` does (its causal-LM class)."""
     common = {"architectures": [CLASSES[family]], "model_type": family,
               "vocab_size": cfg.vocab_size, "tie_word_embeddings": cfg.tie_embeddings,
               "bos_token_id": bos_id, "eos_token_id": eot_id,
@@ -65,10 +67,14 @@ def _hf_config(cfg: ModelConfig, family: str, *, eot_id: int | None, bos_id: int
     return {**llama, "attention_bias": cfg.bias, "mlp_bias": cfg.bias, "pretraining_tp": 1}
 
 
-def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig, family: str) -> dict[str, Tensor]:
-    """lmforge's GPT state_dict under HF names and layouts (fresh CPU tensors)."""
+def to_hf_state_dict(sd: dict[str, Tensor], cfg: ModelConfig, family: str, *,
+                     lm_head: bool = True) -> dict[str, Tensor]:
+    """lmforge's GPT state_dict under HF names and layouts (fresh CPU tensors); without the
+    output layer for lm_head=False (a task head's backbone has none)."""
     out: dict[str, Tensor] = {}
     for ours, theirs in pairs(cfg, family):
+        if not lm_head and ours == "lm_head.weight":
+            continue
         if ours in sd:
             t = sd[ours].detach().cpu()
         else:  # a bias lmforge has none of, that GPT-2 always has
@@ -93,19 +99,33 @@ def export_hf(model: nn.Module, model_cfg: ModelConfig, tokenizer: Tokenizer | N
     Returns a one-line summary of what was written.
     """
     family = hf_family(model_cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     weights = to_hf_state_dict(model.state_dict(), model_cfg, family)
-    save_file(weights, str(out_dir / WEIGHTS), metadata={"format": "pt"})
-    eot = tokenizer.eot_id if tokenizer is not None else None
-    # bos: what the model's tokenizer starts a text with (Llama's), else eot as in GPT-2
-    bos = tokenizer.bos_id if tokenizer is not None and tokenizer.bos_id is not None else eot
-    dtype = next(iter(weights.values())).dtype
-    write_json(out_dir / "config.json",
-               _hf_config(model_cfg, family, eot_id=eot, bos_id=bos, dtype=dtype))
-    write_json(out_dir / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eot})
-    note = write_hf_tokenizer(tokenizer, out_dir, model_max_length=model_cfg.block_size)
+    eot, bos = special_ids(tokenizer)
+    config = hf_config(model_cfg, family, eot_id=eot, bos_id=bos,
+                       dtype=next(iter(weights.values())).dtype)
+    note = write_hf_model(Path(out_dir), weights, config, tokenizer,
+                          model_max_length=model_cfg.block_size)
+    write_json(Path(out_dir) / "generation_config.json",
+               {"bos_token_id": bos, "eos_token_id": eot})
     return f"wrote {CLASSES[family]} ({family}) to {out_dir}; {note}"
+
+
+def special_ids(tokenizer: Tokenizer | None) -> tuple[int | None, int | None]:
+    """(eot, bos) for config.json: bos is what the model's tokenizer starts a text with
+    (Llama's), else eot as in GPT-2."""
+    eot = tokenizer.eot_id if tokenizer is not None else None
+    bos = tokenizer.bos_id if tokenizer is not None and tokenizer.bos_id is not None else eot
+    return eot, bos
+
+
+def write_hf_model(out_dir: Path, weights: dict[str, Tensor], config: dict,
+                   tokenizer: Tokenizer | None, *, model_max_length: int) -> str:
+    """An HF model directory: the weights as model.safetensors, config.json and the
+    tokenizer's files; what became of the tokenizer, in words."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / WEIGHTS), metadata={"format": "pt"})
+    write_json(out_dir / "config.json", config)
+    return write_hf_tokenizer(tokenizer, out_dir, model_max_length=model_max_length)
 
 
 def export_safetensors(model: nn.Module, model_cfg: ModelConfig, tokenizer: Tokenizer | None,

@@ -3,6 +3,7 @@ same function as an lmforge model, and the name of each tensor on either side.
 
     hf_export.py     lmforge GPT → GPT2LMHeadModel or LlamaForCausalLM directory, and
                      lmforge's own safetensors export for any architecture
+    hf_classifier_export.py  a classifier → *ForSequenceClassification directory
     hf_import.py     either kind of directory → (ModelConfig, state_dict) for lmforge
     hf_tokenizer.py  lmforge tokenizers as HF `tokenizers`, and back
     init_from.py     `lmforge train --init-from DIR`
@@ -39,6 +40,10 @@ FAMILIES: dict[str, dict[str, str | tuple[str, ...]]] = {  # HF model_type → t
 # q/k/v biases, Mistral a sliding window (hf_import reads both).
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
            "mistral": "MistralForCausalLM"}
+# HF model_type → its class with a classification head (`score`, no bias) on the last real token
+SEQUENCE_CLASSES = {"gpt2": "GPT2ForSequenceClassification",
+                    "llama": "LlamaForSequenceClassification",
+                    "qwen2": "Qwen2ForSequenceClassification"}
 LLAMA_LAYOUT = ("llama", "qwen2", "mistral")
 # HF's names of GELU's tanh approximation (lmforge's model.mlp=gelu_tanh); "gelu" is exact.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

@@ -2,10 +2,10 @@
 fine-tuned to classify text instead of continuing it.
 
 `SequenceClassifier` reads the backbone's final hidden states (`hidden`, the input of its
-output layer) and maps one vector per sequence to a score per label. The vector is the
-state at the sequence's last token (`pooling="last"`: in a causal model the only position
-that has seen the whole text, and for a recurrent net its final state) or the mean over
-its tokens (`pooling="mean"`). Sequences are right-padded, and a causal model's positions
+output layer) and maps one vector per sequence to a score per label. The vector is the mean
+over its tokens (`pooling="mean"`, the default) or the state at its last token
+(`pooling="last"`: in a causal model the only position that has seen the whole text, and for
+a recurrent net its final state). Sequences are right-padded, and a causal model's positions
 never see what comes after them, so padding changes neither.
 
 `TokenTagger` maps the hidden state at every position to a score per tag (POS, NER): a
@@ -43,20 +43,21 @@ class TaskHead(nn.Module):
     """A linear head of `n_out` scores on a backbone whose output layer is gone; what the loop
     asks of any model is answered by the backbone."""
 
-    def __init__(self, backbone: GPT | RecurrentLM, n_out: int) -> None:
+    def __init__(self, backbone: GPT | RecurrentLM, n_out: int, *, bias: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         self.cfg = backbone.cfg
         # never read (see above); its type is the backbone's, the layer is gone
         backbone.lm_head = nn.Identity()  # type: ignore[assignment]
-        self.head = nn.Linear(backbone.cfg.n_embd, n_out)
+        self.head = nn.Linear(backbone.cfg.n_embd, n_out, bias=bias)
         self.init_head()
 
     @torch.no_grad()
     def init_head(self) -> None:
         """Small random weights and zero biases: every label starts near even odds."""
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        if self.head.bias is not None:
+            nn.init.zeros_(self.head.bias)
 
     # what the loop asks of any model, answered by the backbone
     def parallel_plan(self) -> ParallelPlan:
@@ -81,10 +82,13 @@ class TaskHead(nn.Module):
 
 class SequenceClassifier(TaskHead):
     def __init__(self, backbone: GPT | RecurrentLM, n_labels: int, *,
-                 pooling: str = "last") -> None:
+                 pooling: str = "mean") -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling '{pooling}': use {' or '.join(POOLINGS)}")
-        super().__init__(backbone, n_labels)
+        # No bias, as in transformers' *ForSequenceClassification `score` layer, so that a
+        # classifier exports to it exactly; a label's base rate is left to its decision
+        # threshold (several labels) or to the hidden state.
+        super().__init__(backbone, n_labels, bias=False)
         self.pooling, self.n_labels = pooling, n_labels
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:

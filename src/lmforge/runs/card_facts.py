@@ -18,7 +18,8 @@ from lmforge import checkpoint
 from lmforge.config import ModelConfig, to_dict
 from lmforge.data import shards
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.interop.hf_layout import CLASSES, hf_family
+from lmforge.interop.hf_layout import CLASSES, SEQUENCE_CLASSES, hf_family
+from lmforge.runs.classifier import LoadedClassifier
 from lmforge.runs.load import LoadedRun
 from lmforge.runs.model_card import (
     DataFacts,
@@ -34,11 +35,12 @@ CARD_FILE = "README.md"
 _STYLES = {"gpt2": "GPT-2-style", "llama": "Llama-style", "qwen2": "Qwen2-style"}
 
 
-def model_facts(loaded: LoadedRun, *, export_format: str) -> ModelFacts:
+def model_facts(loaded: LoadedRun | LoadedClassifier, *, export_format: str) -> ModelFacts:
     m, tokenizer = loaded.cfg.model, loaded.tokenizer
     description, family = _architecture(m)
+    classes = SEQUENCE_CLASSES if isinstance(loaded, LoadedClassifier) else CLASSES
     return ModelFacts(architecture=description, family=family,
-                      hf_class=CLASSES.get(family, "") if export_format == "hf" else "",
+                      hf_class=classes.get(family, "") if export_format == "hf" else "",
                       parameters=loaded.model.num_params(), n_layer=m.n_layer, n_embd=m.n_embd,
                       n_head=m.n_head if m.arch == "gpt" else None, context=m.block_size,
                       vocab_size=m.vocab_size, tokenizer=_tokenizer(tokenizer.kind))
@@ -73,7 +75,7 @@ def data_facts(path: str) -> DataFacts:
                      bytes={s: int(e.get("bytes", 0)) for s, e in splits.items()})
 
 
-def training_facts(loaded: LoadedRun) -> TrainingFacts:
+def training_facts(loaded: LoadedRun | LoadedClassifier) -> TrainingFacts:
     try:
         state = checkpoint.read_trainer_state(loaded.checkpoint)
         batch: int | None = int(state["loader"]["global_batch"])

@@ -35,7 +35,8 @@ def load_run(run_dir: Path | RunDir, *, which: str = "latest", device: str = "cp
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
     cfg = read_run_config(run)
     if cfg.task.kind in ("classify", "tag"):  # a head, not a language model's output layer
-        how = ("`lmforge eval` measures it on its test examples and `lmforge predict` uses it"
+        how = ("`lmforge eval` measures it on its test examples, `lmforge predict` uses it and "
+               "`lmforge export` writes it"
                if cfg.task.kind == "classify" else
                "its figures are the evaluations in its metrics.jsonl (`lmforge report`)")
         raise ConfigError(f"{run} is a {cfg.task.kind} run: its model ends in a task head, "

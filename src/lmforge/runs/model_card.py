@@ -139,7 +139,7 @@ def fenced(text: str, lang: str = "") -> str:
 
 # ------------------------------------------------------------------------------ rendering
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
     return f"{value:.4f}"  # a plain decimal: valid YAML and markdown alike
 
 
@@ -167,17 +167,17 @@ def front_matter(card: ModelCard) -> str:
                   f"      name: {yaml_str(dataset)}", "      split: validation", "    metrics:"]
         for kind, name, value in metrics:
             lines += [f"    - type: {kind}", f"      name: {yaml_str(name)}",
-                      f"      value: {_number(value)}"]
+                      f"      value: {number(value)}"]
     return "\n".join([*lines, "---"])
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
+def table(rows: list[tuple[str, str]]) -> str:
     # a | ends a table cell even inside a code span, unless escaped (GFM)
     cells = [(k, v.replace("|", "\\|")) for k, v in rows]
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in cells)])
 
 
-def _model_section(card: ModelCard) -> str:
+def model_section(card: ModelCard) -> str:
     m = card.model
     shape = (f"{m.n_layer} layers × {m.n_head} heads × {m.n_embd} wide" if m.n_head
              else f"{m.n_layer} layers × {m.n_embd} units")
@@ -186,14 +186,14 @@ def _model_section(card: ModelCard) -> str:
             ("vocabulary", f"{m.vocab_size:,} tokens"), ("tokenizer", m.tokenizer)]
     if m.hf_class:
         rows.insert(1, ("transformers class", code(m.hf_class)))
-    return "## Model\n\n" + _table(rows)
+    return "## Model\n\n" + table(rows)
 
 
 def _size(n: int) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n:,} bytes"
 
 
-def _data_section(card: ModelCard) -> str:
+def data_section(card: ModelCard) -> str:
     d, t = card.data, card.training
     rows = [("dataset", code(d.path))]
     if not d.found:
@@ -210,7 +210,7 @@ def _data_section(card: ModelCard) -> str:
     rows.append(("checkpoint", code(t.checkpoint)))
     if t.init_from:
         rows.append(("started from", code(t.init_from)))
-    return "## Training data\n\n" + _table(rows)
+    return "## Training data\n\n" + table(rows)
 
 
 def _results_section(card: ModelCard) -> str:
@@ -222,7 +222,7 @@ def _results_section(card: ModelCard) -> str:
         f"{ev.batches} batches of the validation split"
     return (f"## Results\n\nAt step {ev.step:,}, on {where} "
             f"(`lmforge eval RUN` measures the whole split):\n\n"
-            + _table([(name, _number(value)) for _, name, value in metrics]))
+            + table([(name, number(value)) for _, name, value in metrics]))
 
 
 def _how_to_load(card: ModelCard) -> str:
@@ -273,6 +273,6 @@ def render_card(card: ModelCard) -> str:
              f"({m.architecture}) trained with lmforge (run {code(card.name)}), exported as "
              f"{FORMATS.get(card.export_format, card.export_format)}.")
     config = "## Config\n\nThe run's resolved config:\n\n" + fenced(card.config_toml, "toml")
-    parts = [front_matter(card), intro, _model_section(card), _data_section(card),
+    parts = [front_matter(card), intro, model_section(card), data_section(card),
              _results_section(card), config, _how_to_load(card)]
     return "\n\n".join(parts) + "\n"

@@ -331,9 +331,12 @@ class TaskConfig:
                                        "several per example).")
     val_fraction: float = option(0.1, "Share of the training examples held out to evaluate "
                                       "during training (and tune multi-label thresholds on).")
-    pooling: str = option("last", "classify: the state the head reads, the last token's (in a "
-                                  "causal model the only one that has seen the whole text) or "
-                                  "the mean over the tokens.", choices=("last", "mean"))
+    pooling: str = option("mean", "classify: the state the head reads, the mean over the "
+                                  "text's tokens (better for what a text is about: Reuters "
+                                  "topics) or the last token's (in a causal model the only one "
+                                  "that has seen the whole text; what Hugging Face's "
+                                  "*ForSequenceClassification reads, so --format hf exports it).",
+                          choices=("mean", "last"))
 
 
 @dataclass

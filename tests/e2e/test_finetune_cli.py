@@ -5,6 +5,7 @@ function, then asked about new lines; every figure read back from the files it w
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from helpers import QUIET, STDLIB, TINY_MODEL, json_corpus, lmforge, options
@@ -114,9 +115,24 @@ def test_tag_tags_python_tokens_and_resumes_as_a_task_run(work):
     assert records(work / "runs" / "tag", "eval")[-1]["step"] == 50
 
 
-@pytest.mark.parametrize("verb", ["generate", "export"])
-def test_a_task_run_is_not_a_language_model_for_generate_or_export(work, verb):
-    args = [verb, "runs/cls"] + (["--out", "cls-export"] if verb == "export" else [])
-    proc = lmforge(*args, cwd=work, check=False)
+def test_a_task_run_is_not_a_language_model_for_generate(work):
+    proc = lmforge("generate", "runs/cls", cwd=work, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "is a classify run" in proc.stderr and not (work / "cls-export").exists()
+    assert "is a classify run" in proc.stderr
+
+
+def test_a_classifier_exports_for_transformers_but_not_mean_pooled(work):
+    # the same run with its head on the last token's state (what HF's class reads)
+    shutil.copytree(work / "runs" / "cls", work / "runs" / "cls-last")
+    toml = work / "runs" / "cls-last" / "config.toml"
+    toml.write_text(toml.read_text().replace('pooling = "mean"', 'pooling = "last"'))
+    proc = lmforge("export", "runs/cls-last", "--out", "cls-hf", cwd=work)
+    assert "wrote GPT2ForSequenceClassification (gpt2, 2 labels)" in proc.stderr
+    config = json.loads((work / "cls-hf" / "config.json").read_text())
+    assert config["id2label"] == {"0": "def", "1": "other"}
+    assert config["problem_type"] == "single_label_classification"
+    # the run as trained, its head on the mean of the states: no HF class computes that
+    proc = lmforge("export", "runs/cls", "--out", "mean-hf", cwd=work, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "task.pooling=mean" in proc.stderr and "--format safetensors" in proc.stderr
+    assert not (work / "mean-hf").exists()

@@ -83,7 +83,9 @@ def test_tuned_thresholds_beat_one_half_on_a_constructed_case():
     y_true = np.array([[1, 0], [1, 0], [0, 0], [0, 0], [1, 0]])
     thresholds = tune_thresholds(scores, y_true)
     assert thresholds[0] == pytest.approx(0.25)  # halfway between 0.20 and 0.30
-    assert thresholds[1] == 0.5
+    # no positive: the shared cut, best for micro-F1 over every decision (0.30, 3 of 6
+    # predicted right), halfway down to the next score (0.20)
+    assert thresholds[1] == pytest.approx(0.25)
     tuned = classification_metrics(y_true[:, :1], apply_thresholds(scores, thresholds)[:, :1],
                                    ["p"])
     plain = classification_metrics(y_true[:, :1], apply_thresholds(scores, 0.5)[:, :1], ["p"],
@@ -91,7 +93,20 @@ def test_tuned_thresholds_beat_one_half_on_a_constructed_case():
     assert tuned.per_class[0].support == 3 and tuned.micro_f1 == 1.0 and plain.micro_f1 == 0.0
 
 
-def test_tuning_picks_the_best_trade_off_when_classes_overlap():
+def test_a_class_with_too_few_validation_positives_takes_the_shared_threshold():
+    # class 1's two positives score 0.9 and 0.15: its own best cut takes both (F1 2/3, as
+    # 0.9 alone), halfway down to 0.05, and would fire on its negatives at 0.2 and 0.6
+    scores = np.array([[0.9, 0.2], [0.8, 0.15], [0.1, 0.9], [0.2, 0.05], [0.7, 0.6]])
+    y_true = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]])
+    assert tune_thresholds(scores, y_true, min_positives=2)[1] == pytest.approx(0.10)
+    # with three positives needed, class 1 takes the cut best for micro-F1 over all ten
+    # decisions (0.7: four of five positives, no negative), halfway down to 0.6
+    thresholds = tune_thresholds(scores, y_true, min_positives=3)
+    assert thresholds[1] == pytest.approx(0.65)
+    assert thresholds[0] == pytest.approx(0.45)  # three positives: its own cut (0.7 .. 0.2)
+
+
+
     scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.5], [0.4]])
     y_true = np.array([[1], [0], [1], [1], [0], [0]])
     # Thresholds at 0.9, 0.7 and 0.6 give F1 2/3, 2/3 and 6/7: 0.6 is best, then the margin.

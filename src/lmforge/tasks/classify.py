@@ -174,7 +174,7 @@ class ClassifyTask:
     val_texts: list[str]
     val_targets: np.ndarray
     n_labels: int
-    pooling: str = "last"
+    pooling: str = "mean"
 
     def wrap(self, backbone: Any) -> SequenceClassifier:
         return SequenceClassifier(backbone, self.n_labels, pooling=self.pooling)

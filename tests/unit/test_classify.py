@@ -13,13 +13,15 @@ from helpers import trainer as helper_trainer
 
 from lmforge.models.gpt import GPT
 from lmforge.models.heads import SequenceClassifier
+from lmforge.rundir import RunDir
 from lmforge.tasks.classify import ClassifyTask
 from lmforge.train.trainer import Trainer
 
 SETTINGS = {"train.log_every": "1", "eval.every": "10", "train.precision": "fp32",
             "optim.lr": "3e-3", "optim.warmup_steps": "5", "train.max_steps": "30",
             "train.batch_size": "16", "eval.samples_at_eval": "0", "eval.samples": "0",
-            "checkpoint.every": "10", "checkpoint.keep_last": "5"}
+            "checkpoint.every": "10", "checkpoint.keep_last": "5",
+            "checkpoint.keep_best": "true"}
 KINDS = ("def ", "return ", "import ")  # what a line holds decides its labels
 
 
@@ -68,6 +70,10 @@ def test_a_classifier_learns_on_the_one_loop_and_resumes_exactly(dataset, tmp_pa
     # falling loss is the measure. One label: "def " at the start is easy; chance is 0.5.
     if not multi:
         assert scores[-1]["micro_f1"] > 0.9, scores
+    else:  # the best checkpoint is the one that ranks best, whatever its loss
+        best = max(scores, key=lambda r: r["micro_ap"])
+        assert RunDir(tmp_path / "full").pointer("best") == f"step_{best['step']:08d}"
+        assert scores[-1]["micro_ap"] > scores[0]["micro_ap"], scores
     straight = losses(tmp_path / "full")
     # as if killed right after step 20: the resumed run reads the same batches, ends the same
     rewind(tmp_path / "full", 20)

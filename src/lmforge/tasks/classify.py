@@ -133,7 +133,7 @@ class ClassifyObjective(Objective):
         return scores
 
     def evaluate(self, model: nn.Module) -> Evaluation:
-        from sklearn.metrics import accuracy_score, f1_score
+        from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
         scores = self.scores(model, self.val)
         targets = self.val.targets
@@ -146,8 +146,17 @@ class ClassifyObjective(Objective):
         figures = {"accuracy": float(accuracy_score(targets, predicted)),
                    "micro_f1": float(f1_score(targets, predicted, average="micro", zero_division=0)),
                    "macro_f1": float(f1_score(targets, predicted, average="macro", zero_division=0))}
-        return Evaluation(loss, figures, f"accuracy {figures['accuracy']:.4f}, micro-F1 "
-                                         f"{figures['micro_f1']:.4f}, macro-F1 {figures['macro_f1']:.4f}")
+        shown = (f"accuracy {figures['accuracy']:.4f}, micro-F1 {figures['micro_f1']:.4f}, "
+                 f"macro-F1 {figures['macro_f1']:.4f}")
+        if not self.val.multi_label:
+            return Evaluation(loss, figures, shown)
+        # Several labels: the thresholds are tuned after training, so what counts is how the
+        # scores rank texts, not their calibration: the best checkpoint is the one of highest
+        # micro average precision. (On Reuters the positive-weighted loss bottoms out after a
+        # third of the steps while the ranking, and test micro-F1, keep improving.)
+        figures["micro_ap"] = float(average_precision_score(targets, scores, average="micro"))
+        return Evaluation(loss, figures, f"{shown}, micro-AP {figures['micro_ap']:.4f}",
+                          criterion=-figures["micro_ap"], criterion_name="val micro-AP")
 
     def state_dict(self) -> dict[str, Any]:
         # the global batch: a run resumed on other ranks must keep it to read the same order

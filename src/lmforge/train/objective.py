@@ -45,6 +45,15 @@ class Evaluation:
     loss: float
     figures: dict[str, float] = field(default_factory=dict)
     shown: str = ""
+    # What the best checkpoint and early stopping follow instead of the loss, lower is
+    # better, and its name in the log; None: the loss. A classifier whose decision
+    # thresholds are tuned afterwards is better judged by how it ranks than by its loss.
+    criterion: float | None = None
+    criterion_name: str = "val loss"
+
+    @property
+    def rank(self) -> float:
+        return self.loss if self.criterion is None else self.criterion
 
 
 class Objective(ABC):

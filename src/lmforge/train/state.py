@@ -27,7 +27,7 @@ class FitResult:
     step: int
     stopped: str  # max_steps, max_minutes, early_stop, signal, or finished (nothing to do)
     signal: int  # the signal that stopped it (SIGTERM, SIGINT), 0 when none did
-    best_val_loss: float
+    best_val_loss: float  # or the objective's own criterion, where it has one (Evaluation)
     elapsed_s: float = 0.0
     tokens_per_s: float = math.nan
     mfu: float = math.nan

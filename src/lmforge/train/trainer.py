@@ -74,6 +74,7 @@ class Trainer:
         self.plan, self.cfg, self.run, self.info = plan, plan.cfg, plan.run, plan.info
         cfg, info = plan.cfg, plan.info
         self.device, self.strategy = plan.device, plan.strategy
+        self._criterion = ("val loss", False)  # what "best" followed: name, not the loss
         self.compute_dtype = plan.compute_dtype
         self.autocast = autocast_for(self.compute_dtype, self.device)
         if cfg.train.threads:
@@ -265,9 +266,10 @@ class Trainer:
     def _after_eval(self, evaluation: Evaluation) -> bool:
         """Record an evaluation; save the best; True when early stopping says stop."""
         c, val_loss = self.counters, evaluation.loss
-        improved = val_loss < c.best_val
+        improved = evaluation.rank < c.best_val
+        self._criterion = evaluation.criterion_name, evaluation.criterion is not None
         if improved:
-            c.best_val, c.best_step, c.evals_without_improvement = val_loss, c.step, 0
+            c.best_val, c.best_step, c.evals_without_improvement = evaluation.rank, c.step, 0
         else:
             c.evals_without_improvement += 1
         if self.info.is_main:
@@ -420,8 +422,10 @@ class Trainer:
                 f"{elapsed:.1f}s; checkpoint saved; continue with "
                 f"`lmforge train --resume {self.run}`")
         else:
-            log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; best val loss "
-                f"{c.best_val:.4f} at step {c.best_step}; run saved in {self.run}")
+            name, custom = self._criterion
+            best = f"best {name}" if custom else f"best val loss {c.best_val:.4f}"
+            log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; {best} at step "
+                f"{c.best_step}; run saved in {self.run}")
         tok_s = clock.tokens_per_s(c.step)
         note = self.utilization.check(tok_s)
         if note:

@@ -60,6 +60,20 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
     _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
+    probs = sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    if not bool(torch.isfinite(probs).all()):  # torch.multinomial would fail with a traceback
+        raise LmforgeError(NONFINITE)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+NONFINITE = ("the model's next-token probabilities are NaN or Inf: its weights are not finite "
+             "(a learning rate far too high?); lower --optim.lr or enable --optim.grad_clip and "
+             "train again")
+
+
+def sampling_probs(logits: Tensor, *, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """The distribution sample_next draws from, (B, V) for logits (B, V), temperature > 0:
+    each row on its own, so a row's probabilities are the same in any batch."""
     logits = logits.float() / temperature  # (B, V)
     if 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
@@ -72,12 +86,7 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
         drop[:, 0] = False  # the most likely token always stays, even for top_p = 0
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    if not bool(torch.isfinite(probs).all()):  # torch.multinomial would fail with a traceback
-        raise LmforgeError("the model's next-token probabilities are NaN or Inf: its weights are "
-                           "not finite (a learning rate far too high?); lower --optim.lr or "
-                           "enable --optim.grad_clip and train again")
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(dim=-1)
 
 
 def generate_tokens(model: nn.Module, prompt: Tensor, *, max_new_tokens: int,

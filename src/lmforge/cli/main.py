@@ -26,6 +26,7 @@ from lmforge.cli import (
     predict,
     prepare,
     report,
+    serve,
     train,
     verify_resume,
 )
@@ -44,6 +45,7 @@ VERBS: dict[str, ModuleType] = {
     "verify-resume": verify_resume,
     "finetune": finetune,
     "predict": predict,
+    "serve": serve,
 }
 
 

@@ -16,6 +16,7 @@ from lmforge.config import ModelConfig
 from lmforge.models.layers import (
     CausalSelfAttention,
     KVCache,
+    RowCache,
     make_mlp,
     make_norm,
     rope_tables,
@@ -40,7 +41,7 @@ class Block(nn.Module):
                 **{f"mlp.{k}": v for k, v in self.mlp.TP_PLAN.items()}}
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                cache: KVCache | RowCache | None = None, layer: int = 0) -> Tensor:
         x = x + self.attn(self.norm1(x), rope=rope, cache=cache, layer=layer)
         return x + self.mlp(self.norm2(x))
 
@@ -120,30 +121,43 @@ class GPT(nn.Module):
                             tp_divisible={"model.n_head": self.cfg.n_head,
                                           "model.n_kv_head": self.cfg.kv_heads})
 
-    def forward(self, tokens: Tensor, state: KVCache | None = None) -> tuple[Tensor, KVCache | None]:
+    def forward(self, tokens: Tensor, state: KVCache | RowCache | None = None
+                ) -> tuple[Tensor, KVCache | RowCache | None]:
         """Logits (B, T, vocab) for every position of tokens (B, T), and the cache, if given,
-        now holding these T positions as well."""
+        now holding these T positions as well. A RowCache (serving) holds sequences at
+        lengths of their own: row b's tokens then continue row b of the cache."""
         return self.lm_head(self.hidden(tokens, state)), state  # (B, T, vocab)
 
-    def hidden(self, tokens: Tensor, state: KVCache | None = None) -> Tensor:
+    def hidden(self, tokens: Tensor, state: KVCache | RowCache | None = None) -> Tensor:
         """The final hidden states (B, T, C), after the last norm: what the output layer
         reads, and what a task's head (lmforge.tasks) reads instead."""
         B, T = tokens.size()
-        p0 = 0 if state is None else state.pos
+        if isinstance(state, RowCache):
+            p0 = max(state.lengths[:B])
+        else:
+            p0 = 0 if state is None else state.pos
         if p0 + T > self.cfg.block_size:
             where = f" after {p0} cached tokens" if p0 else ""
             raise ValueError(f"cannot run {T} tokens{where}: the context is limited to "
                              f"block_size={self.cfg.block_size} tokens; crop the input")
         x = self.wte(tokens)  # (B, T, C)
         rope = None
-        if self.wpe is not None:
+        if isinstance(state, RowCache):  # every row at its own positions
+            positions = state.start(B, T)  # (B, T)
+            if self.wpe is not None:
+                x = x + self.wpe(positions)  # (B, T, C)
+            else:  # (B, 1, T, hs/2) each: broadcast over the heads
+                rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
+        elif self.wpe is not None:
             x = x + self.wpe(torch.arange(p0, p0 + T, device=tokens.device))  # (T, C) broadcast
         else:
             rope = (self.rope_cos[p0:p0 + T], self.rope_sin[p0:p0 + T])  # (T, hs/2) each
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope=rope, cache=state, layer=i)
-        if state is not None:
+        if isinstance(state, RowCache):
+            state.advance(B, T)
+        elif state is not None:
             state.pos += T
         return self.norm_f(x)  # (B, T, C)
 
@@ -154,6 +168,15 @@ class GPT(nn.Module):
         return KVCache(n_layer=self.cfg.n_layer, batch_size=batch_size, n_head=self.cfg.kv_heads,
                        max_len=self.cfg.block_size, head_dim=self.cfg.head_size,
                        device=device or weight.device, dtype=dtype or weight.dtype)
+
+    def new_row_cache(self, batch_size: int, *, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> RowCache:
+        """An empty RowCache of batch_size sequences at lengths of their own (serving)."""
+        weight = self.wte.weight
+        return RowCache(n_layer=self.cfg.n_layer, batch_size=batch_size,
+                        n_head=self.cfg.kv_heads, max_len=self.cfg.block_size,
+                        head_dim=self.cfg.head_size, device=device or weight.device,
+                        dtype=dtype or weight.dtype)
 
     def num_params(self, *, non_embedding: bool = False) -> int:
         """Parameter count, tied weights once; non_embedding leaves out the position

@@ -64,7 +64,8 @@ def rope_tables(cfg: ModelConfig, length: int, *, device: torch.device | str | N
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (B, nh, T, hs) by the angles of its positions, cos/sin (T, hs/2).
+    """Rotate x (B, nh, T, hs) by the angles of its positions, cos/sin (T, hs/2), or
+    (B, 1, T, hs/2) where each row has positions of its own (a RowCache).
 
     The half-split layout (GPT-NeoX, Hugging Face Llama): dimension i pairs with i + hs/2.
     """
@@ -102,6 +103,84 @@ class KVCache:
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos+T, hs)
+
+
+class RowCache:
+    """Keys and values of up to `batch_size` independent sequences, each at its own length:
+    the cache of continuous batching (lmforge.serve), where requests join and leave a running
+    batch at any step.
+
+    A forward of B rows (tokens (B, T)) uses cache rows 0..B-1: the caller keeps the rows in
+    use at the front, filling a row from a prefilled one-row KVCache (`load`) and moving the
+    last row into a freed one (`move`). `lengths` counts each row's filled positions (Python
+    ints, so no step waits on the device to learn them). `start` gives the new tokens their
+    own positions, lengths[b] + 0..T-1, which the model turns into position embeddings or
+    rotary angles per row, and builds the one mask (B, 1, T, L) that every layer reads: a row
+    sees its own keys up to its query's position and nothing past its length (those slots
+    hold another sequence's stale keys, or zeros).
+    """
+
+    def __init__(self, *, n_layer: int, batch_size: int, n_head: int, max_len: int,
+                 head_dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = [0] * batch_size
+        self._keys = torch.arange(max_len, device=device)
+        # the flat slot (row, head, position) of a (n_layer, ...) layer's keys viewed as rows
+        self._row_head = (torch.arange(batch_size, device=device)[:, None, None] * n_head
+                          + torch.arange(n_head, device=device)[None, :, None]) * max_len
+        self.mask: Tensor | None = None  # (B, 1, T, L), set by start for the layers
+        self._slots = self._keys[:0]  # (B * nh * T,), set by start
+        self._end = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+    def start(self, batch: int, t: int) -> Tensor:
+        """The positions (B, T) of the next T tokens of rows 0..B-1, and the mask the
+        attention layers read for them."""
+        lengths = self.lengths[:batch]
+        self._end = max(lengths) + t
+        if self._end > self.max_len:
+            raise ValueError(f"cannot run {t} tokens after {max(lengths)} cached tokens: the "
+                             f"cache holds {self.max_len} positions")
+        first = torch.tensor(lengths, device=self.k.device)  # (B,)
+        positions = first[:, None] + self._keys[:t]  # (B, T)
+        keys = self._keys[:self._end]  # (L,)
+        self.mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, L)
+        self._slots = (self._row_head[:batch] + positions[:, None, :]).reshape(-1)  # (B*nh*T,)
+        return positions
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs) at each row's own positions; return the keys and values
+        of rows 0..B-1 up to the longest row, (B, nh, L, hs)."""
+        B, hs = k.size(0), k.size(-1)
+        # one index_copy_ of the (B * nh * T) vectors into their slots
+        self.k[layer].view(-1, hs).index_copy_(0, self._slots, k.reshape(-1, hs))
+        self.v[layer].view(-1, hs).index_copy_(0, self._slots, v.reshape(-1, hs))
+        return self.k[layer, :B, :, :self._end], self.v[layer, :B, :, :self._end]
+
+    def advance(self, batch: int, t: int) -> None:
+        """Count the T tokens that rows 0..B-1 have just written (the model, after its layers)."""
+        for b in range(batch):
+            self.lengths[b] += t
+
+    def load(self, row: int, cache: KVCache, index: int = 0) -> None:
+        """Fill `row` with row `index` of a KVCache (a prompt prefilled alone)."""
+        n = cache.pos
+        self.k[:, row, :, :n] = cache.k[:, index, :, :n]
+        self.v[:, row, :, :n] = cache.v[:, index, :, :n]
+        self.lengths[row] = n
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row src into row dst (to keep the rows in use at the front)."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
 
 
 def cache_mask(p0: int, t: int, *, device: torch.device) -> Tensor:
@@ -157,7 +236,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                cache: KVCache | RowCache | None = None, layer: int = 0) -> Tensor:
         B, T, _ = x.size()
         hs = self.head_dim
         # -1 heads: all of them, or this rank's share under tensor parallelism
@@ -169,7 +248,10 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         mask, causal = None, True  # training path: SDPA's own causal mask, nothing built here
-        if cache is not None:
+        if isinstance(cache, RowCache):  # rows at their own lengths: the cache's own mask
+            k, v = cache.update(layer, k, v)  # (B, nkv, L, hs)
+            mask, causal = cache.mask, False
+        elif cache is not None:
             p0 = cache.pos
             k, v = cache.update(layer, k, v)  # (B, nkv, p0+T, hs)
             if p0 > 0:

@@ -76,7 +76,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------- KV cache
 
-class KVCache:
+class _KeyValues:
+    """Preallocated keys and values (n_layer, batch, n_kv_head, max_len, head_dim)."""
+
+    def __init__(self, *, n_layer: int, batch_size: int, n_head: int, max_len: int,
+                 head_dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+
+class KVCache(_KeyValues):
     """Keys and values of every layer for the tokens seen so far.
 
     Preallocated to `max_len` positions so decoding never reallocates; `pos` counts the
@@ -88,14 +103,9 @@ class KVCache:
     def __init__(self, *, n_layer: int, batch_size: int, n_head: int, max_len: int,
                  head_dim: int, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        super().__init__(n_layer=n_layer, batch_size=batch_size, n_head=n_head,
+                         max_len=max_len, head_dim=head_dim, device=device, dtype=dtype)
         self.pos = 0
-
-    @property
-    def max_len(self) -> int:
-        return self.k.size(3)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store k, v (B, nh, T, hs) at positions pos..pos+T; return all keys and values so far."""
@@ -105,7 +115,7 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos+T, hs)
 
 
-class RowCache:
+class RowCache(_KeyValues):
     """Keys and values of up to `batch_size` independent sequences, each at its own length:
     the cache of continuous batching (lmforge.serve), where requests join and leave a running
     batch at any step.
@@ -123,9 +133,8 @@ class RowCache:
     def __init__(self, *, n_layer: int, batch_size: int, n_head: int, max_len: int,
                  head_dim: int, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        super().__init__(n_layer=n_layer, batch_size=batch_size, n_head=n_head,
+                         max_len=max_len, head_dim=head_dim, device=device, dtype=dtype)
         self.lengths = [0] * batch_size
         self._keys = torch.arange(max_len, device=device)
         # the flat slot (row, head, position) of a (n_layer, ...) layer's keys viewed as rows
@@ -135,9 +144,6 @@ class RowCache:
         self._slots = self._keys[:0]  # (B * nh * T,), set by start
         self._end = 0
 
-    @property
-    def max_len(self) -> int:
-        return self.k.size(3)
 
     def start(self, batch: int, t: int) -> Tensor:
         """The positions (B, T) of the next T tokens of rows 0..B-1, and the mask the

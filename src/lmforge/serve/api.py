@@ -122,5 +122,3 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, *,
                                         body, start)
 
     return app
-
-    return app

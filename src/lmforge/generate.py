@@ -61,9 +61,26 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    if not bool(torch.isfinite(probs).all()):  # torch.multinomial would fail with a traceback
+    if not bool(torch.isfinite(probs).all()):
         raise LmforgeError(NONFINITE)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(probs, torch.rand(probs.size(0), generator=generator, device=probs.device))
+
+
+def draw(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """One token per row of probabilities (B, V), finite, by inverse transform sampling with
+    row b's uniform number uniforms[b] in [0, 1): the first token whose cumulative
+    probability exceeds it. (B,) int64.
+
+    Why not torch.multinomial: on a CPU it takes ~250 us for one row of 8,192 tokens, about
+    as long as a small model's forward, where this takes a tenth of that; and rows whose
+    numbers come from generators of their own (a server's requests) share one search.
+    The sums run in float64, and a float32 uniform is below 1 - 2**-24, so the point searched
+    for lies strictly below the total: the token found has a probability above 0.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    points = uniforms.double()[:, None] * cdf[:, -1:]  # (B, 1)
+    found = torch.searchsorted(cdf, points, right=True)[:, 0]  # (B,)
+    return found.clamp_(max=probs.size(-1) - 1)
 
 
 NONFINITE = ("the model's next-token probabilities are NaN or Inf: its weights are not finite "

@@ -14,6 +14,7 @@ from helpers import assert_meta_build_equals_direct
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models import MODELS, build_model
+from lmforge.models.decode_layout import use_decode_layout
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import CausalSelfAttention, KVCache, attention, cache_mask, swiglu_hidden
 
@@ -182,6 +183,24 @@ def test_tied_embeddings_share_storage():
     assert tied.lm_head.weight.data_ptr() == tied.wte.weight.data_ptr()
     untied = gpt(tiny(tie_embeddings=False))
     assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_decode_layout_keeps_the_values_and_the_tie(tie):
+    model = gpt(tiny(tie_embeddings=tie)).eval()
+    tokens = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(1))
+    before = model(tokens)[0]
+    params = {name: p for name, p in model.named_parameters()}
+    assert use_decode_layout(model) is model
+    assert {name: p for name, p in model.named_parameters()} == params  # the same objects
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):  # column by column: its transpose contiguous
+            assert module.weight.t().is_contiguous() and not module.weight.is_contiguous(), name
+    assert (model.lm_head.weight is model.wte.weight) == tie
+    assert torch.allclose(model(tokens)[0], before, atol=1e-5)
+    cache = model.new_cache(3)  # and decoding with the cache
+    steps = [model(tokens[:, i:i + 1], cache)[0] for i in range(12)]
+    assert torch.allclose(torch.cat(steps, dim=1), before, atol=1e-5)
 
 
 def test_num_params_equals_hand_count():

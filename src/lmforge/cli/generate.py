@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.config_checks import MIN_TEMPERATURE, human_bytes
+from lmforge.cli.sampling_options import (
+    add_run_arguments,
+    add_sampling_arguments,
+    check_sampling_arguments,
+)
+from lmforge.config_checks import human_bytes
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
@@ -23,7 +27,6 @@ OVERRIDES = False
 
 MAX_NEW_TOKENS = 1_000_000  # as eval.sample_tokens: past that, sampling would run for days
 MAX_SAMPLES = 10_000  # printed one after another; generated together, in one batch
-MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,20 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     p.add_argument("--max-new-tokens", type=int, default=200,
                    help=f"tokens to generate (default: 200, at most {MAX_NEW_TOKENS:,})")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help=f"0 is greedy, else at least {MIN_TEMPERATURE:g} (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=50,
-                   help="sample among the k likeliest tokens; 0 is off (default: 50)")
-    p.add_argument("--top-p", type=float, default=1.0,
-                   help="nucleus sampling mass; 1 is off (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed for reproducible samples (0 to 2**64 - 1)")
+    add_sampling_arguments(p)
     p.add_argument("--num-samples", type=int, default=1,
                    help=f"independent samples, drawn as one batch (default: 1, at most "
                         f"{MAX_SAMPLES:,})")
-    p.add_argument("--checkpoint", default="latest",
-                   help="latest (default), best (when the run kept one) or a step_NNNNNNNN name")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, … (default: auto)")
+    add_run_arguments(p)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -59,17 +53,7 @@ def check_arguments(args: argparse.Namespace) -> None:
              "--seed")):
         if value > most:
             raise LmforgeError(f"{flag} must be at most {most:,}, got {value} ({why})")
-    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-        raise LmforgeError(f"--seed must be between 0 and 2**64 - 1 (torch's generators take "
-                           f"64-bit seeds), got {args.seed}")
-    for flag, number in (("--temperature", args.temperature), ("--top-p", args.top_p)):
-        if not math.isfinite(number):
-            raise LmforgeError(f"{flag} must be a finite number, got {number}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise LmforgeError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-    if 0 < args.temperature < MIN_TEMPERATURE:
-        raise LmforgeError(f"--temperature {args.temperature:g} is too small to divide the "
-                           f"logits by; use 0 for greedy decoding or at least {MIN_TEMPERATURE:g}")
+    check_sampling_arguments(args)
 
 
 def check_memory(args: argparse.Namespace, model: ModelConfig, device: torch.device) -> None:
@@ -103,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.distributed.device import resolve_device
     from lmforge.generate import generate_tokens
+    from lmforge.models.decode_layout import use_decode_layout
     from lmforge.rundir import RunDir, read_run_config
     from lmforge.runs.load import load_run
 
@@ -117,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed) if args.seed is not None else gen.seed()
-    stream = generate_tokens(loaded.model, prompt, max_new_tokens=args.max_new_tokens,
+    stream = generate_tokens(use_decode_layout(loaded.model), prompt, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              generator=gen)
     if args.num_samples == 1:

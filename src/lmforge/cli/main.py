@@ -18,6 +18,7 @@ from types import ModuleType
 from lmforge import __version__
 from lmforge.cli import (
     bench,
+    chat,
     compare,
     evaluate,
     export,
@@ -46,6 +47,7 @@ VERBS: dict[str, ModuleType] = {
     "finetune": finetune,
     "predict": predict,
     "serve": serve,
+    "chat": chat,
 }
 
 

@@ -25,8 +25,9 @@ recurrent model's rows are the batch rows of its state, handled the same way.
 
 Determinism: each request samples with a torch.Generator of its own, seeded with its seed,
 from the probabilities generate.sample_next computes (rows with the same temperature, top-k
-and top-p filtered together: every step of the filter works row by row), one draw of its
-own generator a token, exactly as `lmforge generate` samples one sequence; so a request's
+and top-p filtered together: every step of the filter works row by row), one uniform number
+of its own generator a token (generate.draw, one search for the rows together), exactly as
+`lmforge generate` samples one sequence; so a request's
 tokens do not depend on what else runs beside it (up to the floating-point rounding of a
 batched matrix product, which can flip a near tie). Greedy rows are decided with one argmax
 for the whole batch.
@@ -46,7 +47,8 @@ engine goes on with the others). Every request gets exactly one final event.
 Threads: `start` runs the steps on a background thread; `submit`, `cancel` and the
 iterators are safe from any thread (and `events` from an asyncio loop). Without `start`,
 `step` can be called directly (tests drive the engine step by step). The engine owns the
-model while it runs: it switches it to eval mode and runs it under torch.inference_mode().
+model from then on: it switches it to eval mode, stores its weights for decoding
+(models/decode_layout.py: no value changes) and runs it under torch.inference_mode().
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import LmforgeError
-from lmforge.generate import NONFINITE, sample_next, sampling_problem, sampling_probs
+from lmforge.generate import NONFINITE, draw, sample_next, sampling_problem, sampling_probs
+from lmforge.models.decode_layout import use_decode_layout
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import KVCache, RowCache
 from lmforge.models.rnn import RecurrentLM
@@ -123,7 +126,7 @@ class Engine:
         weight = model.wte.weight
         if weight.device.type != self.device.type:
             raise ValueError(f"the model is on {weight.device}, the engine on {self.device}")
-        self.model = model.eval()
+        self.model = use_decode_layout(model.eval())  # the engine only infers with it
         self._gpt = model if isinstance(model, GPT) else None
         self.recurrent = self._gpt is None
         self.vocab_size = model.cfg.vocab_size
@@ -376,11 +379,13 @@ class Engine:
             # a draw with the row's own generator
             probs = sampling_probs(logits if len(index) == n else logits[index],
                                    temperature=temperature, top_k=top_k, top_p=top_p)
-            finite = torch.isfinite(probs).all(dim=-1).tolist()
-            for j, i in enumerate(index):
-                if finite[j]:
-                    chosen[i] = int(torch.multinomial(probs[j:j + 1], 1,
-                                                      generator=rows[i].generator)[0, 0])
+            finite = torch.isfinite(probs).all(dim=-1)  # (k,)
+            uniforms = torch.cat([torch.rand(1, generator=rows[i].generator, device=self.device)
+                                  for i in index])  # (k,): one number of each row's own
+            drawn = draw(probs.nan_to_num(), uniforms).tolist()
+            for j, (i, ok) in enumerate(zip(index, finite.tolist(), strict=True)):
+                if ok:
+                    chosen[i] = drawn[j]
                 else:  # this row only
                     failed[i] = LmforgeError(NONFINITE)
         logprobs: list[float] | None = None

@@ -14,7 +14,8 @@ HELP = "serve a run over HTTP with OpenAI's API (completions, chat, models)"
 OVERRIDES = False
 DESCRIPTION = (
     "Serve a language model run at http://HOST:PORT/v1 with OpenAI's completions, chat "
-    "completions and models endpoints (streaming too), /health and /metrics (Prometheus). "
+    "completions and models endpoints (streaming too), /health, /metrics (Prometheus) and a "
+    "page at / to try the model in a browser (no API key needed for the page itself). "
     "The model's name is the run directory's name. Many requests share the model through "
     "continuous batching. SIGTERM stops taking requests (503), finishes those in flight and "
     "exits 0.")
@@ -69,11 +70,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     from lmforge.distributed.device import resolve_device
+    from lmforge.runs.card_facts import eval_facts
     from lmforge.runs.load import load_run
     from lmforge.serve.api import create_app
     from lmforge.serve.engine import Engine
     from lmforge.serve.guard import Gate
     from lmforge.serve.limits import Limits
+    from lmforge.serve.page import PageFacts
     from lmforge.serve.server import bind, serve
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
@@ -91,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
                     max_body_bytes=args.max_body_bytes, request_timeout=args.timeout)
     gate = Gate()
-    app = create_app(engine, loaded.tokenizer, name, limits=limits, api_key=api_key, gate=gate)
+    # parameters() yields a tied weight once: the model's size as it sits in memory
+    page = PageFacts(name, parameters=sum(p.numel() for p in loaded.model.parameters()),
+                     step=loaded.step, val_loss=eval_facts(loaded).val_loss)
+    app = create_app(engine, loaded.tokenizer, name, limits=limits, api_key=api_key, gate=gate,
+                     page=page)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {args.run} (step {loaded.step}) as model {name!r} on http://{shown}:{port}/v1"

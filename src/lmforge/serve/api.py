@@ -1,5 +1,5 @@
 """The HTTP app: OpenAI's completions, chat completions and models endpoints over an Engine,
-plus /health and /metrics.
+plus /health, /metrics and the page at / where a person tries the model (page.py).
 
 A generation request is validated (schemas), encoded (prompts), submitted to the engine as
 n sequences per prompt, and answered whole or streamed as server-sent events ending with
@@ -25,6 +25,7 @@ from lmforge.serve.generation import Generation
 from lmforge.serve.guard import Gate, Guard
 from lmforge.serve.limits import Limits
 from lmforge.serve.metrics import CONTENT_TYPE, Metrics
+from lmforge.serve.page import PageFacts, render
 from lmforge.serve.prompts import Encoder
 from lmforge.serve.responses import Answer
 from lmforge.serve.schemas import ChatCompletionRequest, CompletionRequest, parse
@@ -33,19 +34,17 @@ from lmforge.tasks.chat import template_for
 log = logging.getLogger("lmforge.serve")
 Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
 
-INDEX = """<!doctype html><title>lmforge serve</title>
-<p>lmforge serves <b>{model}</b> through OpenAI's API at <code>/v1</code>:
-<code>GET /v1/models</code>, <code>POST /v1/completions</code>,
-<code>POST /v1/chat/completions</code>; <code>GET /health</code>, <code>GET /metrics</code>.
-"""
-
 
 def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, *,
                limits: Limits | None = None, api_key: str | None = None,
-               gate: Gate | None = None) -> FastAPI:
+               gate: Gate | None = None, page: PageFacts | None = None) -> FastAPI:
     """The app serving `engine` (started by the caller) as `model_name`; `gate` is closed by
-    the server when it starts draining (503 from then on)."""
+    the server when it starts draining (503 from then on); `page`: what the page at / says
+    about the model (by default its name only)."""
     limits = limits or Limits()
+    facts = page if page is not None else PageFacts(model_name)
+    if facts.name != model_name:
+        raise ValueError(f"the page's model {facts.name!r} is not the one served, {model_name!r}")
     gate = gate or Gate()
     metrics = Metrics(waiting=lambda: engine.waiting, running=lambda: engine.running)
     template = template_for(tokenizer)
@@ -77,8 +76,11 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, *,
         return {"id": model_name, "object": "model", "created": 0, "owned_by": "lmforge"}
 
     @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return INDEX.format(model=model_name)
+    async def index() -> HTMLResponse:
+        shown = render(facts, max_tokens=encoder.max_new_tokens)  # a fresh nonce each time
+        return HTMLResponse(shown.html, headers={
+            "Content-Security-Policy": shown.csp, "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

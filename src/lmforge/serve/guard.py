@@ -1,6 +1,7 @@
 """What every HTTP request passes before the app sees it: the draining gate (503 once SIGTERM
-came), the API key (401; compared in constant time), the body's size (413, from its
-Content-Length or as it arrives) and the count of answers by path and status."""
+came), the API key (401; compared in constant time; all but `GET /`, the page, which holds no
+secret and asks for the key itself), the body's size (413, from its Content-Length or as it
+arrives) and the count of answers by path and status."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ class Gate:
 
     def close(self) -> None:
         self.open = False
+
+
+def _is_page(scope: Scope) -> bool:
+    """`GET /`: the page, served without the key (requests made from it send one)."""
+    return scope.get("method") == "GET" and scope.get("path") == "/"
 
 
 class Guard:
@@ -64,7 +70,7 @@ class Guard:
         if not self.gate.open:
             return draining()
         headers = dict(scope.get("headers") or [])
-        if self.key is not None:
+        if self.key is not None and not _is_page(scope):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
                 return unauthorized()

@@ -28,6 +28,14 @@ class Encoder:
     context: int
     limits: Limits
 
+    @property
+    def max_new_tokens(self) -> int:
+        """The most new tokens a request may ask for: the server's limit, and never past the
+        model's context."""
+        if not self.context:
+            return self.limits.max_tokens
+        return min(self.limits.max_tokens, self.context)
+
     def completion(self, request: CompletionRequest) -> list[list[int]]:
         return [self._fitted(self._ids(p), "prompt") for p in request.prompt]
 
@@ -66,8 +74,7 @@ class Encoder:
         choices. A chat without max_tokens may fill the model's context (at most the
         server's limit)."""
         field, asked = max_tokens_asked(request)
-        most = self.limits.max_tokens if not self.context else min(self.limits.max_tokens,
-                                                                    self.context)
+        most = self.max_new_tokens
         if asked is not None and asked > most:
             why = "the model's context" if most < self.limits.max_tokens else "this server"
             raise bad_request(f"{field} must be at most {most:,} ({why}), got {asked:,}",

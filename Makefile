@@ -1,12 +1,16 @@
-# Two entry points, each self-contained on a fresh machine:
+# Three entry points, each self-contained on a fresh machine:
 #   make demo   create .venv, install lmforge, train the default model, print samples
 #   make test   create .venv, install lmforge with its test extras, run the linters (ruff, the
 #               import contracts of the layers, the type checker) and the tests
+#   make bench  create .venv, install lmforge with its test extras, run every benchmark in
+#               benchmarks/ one at a time (under 45 minutes on 2 cores) and write
+#               benchmarks/results/DATE-HOST.md; options in BENCH_ARGS, e.g.
+#               make bench BENCH_ARGS="--list" or BENCH_ARGS="--only generate,serve_engine"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install install-test clean
+.PHONY: demo test bench lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +37,9 @@ lint: install-test
 
 test: lint
 	$(BIN)/pytest -n 2 --dist loadfile  # two workers, each test file on one of them
+
+bench: install-test
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -13,8 +13,10 @@ HELP = "time training steps of a recipe: tokens/s, MFU, memory"
 USAGE = "lmforge bench [RECIPE] [--steps N] [--warmup N] [--json] [--SECTION.FIELD=VALUE ...]"
 DESCRIPTION = ("Build the recipe's model, optimizer and data as `lmforge train` does, run "
                "--warmup steps, time --steps steps and print tokens/s, time per step, MFU "
-               "against the device's peak (re-measured by a matmul probe; the best figure is "
-               "cached) and peak memory. Nothing is saved.")
+               "against the device's peak (re-measured by a matmul probe, the median of 5; "
+               "cached only when the machine is not busy; an MFU above 100% shows a wrong peak "
+               "and is printed as n/a with the reason, null in --json) and peak memory. "
+               "Nothing is saved.")
 OVERRIDES = True
 
 

@@ -6,12 +6,16 @@ training steps untimed (thread pools, allocator, compilation), then times --step
 and prints tokens/s, time per step, model FLOPs per token, MFU against the device's peak,
 the trained parameters and their optimizer state (a LoRA config trains its adapters alone),
 and peak memory. The peak is measured again by a matrix-multiply probe (unless
-train.peak_tflops gives it), and the cached figure keeps the best seen, so a probe taken
-while the machine was busy is corrected by the next one.
+train.peak_tflops gives it or the device is a GPU with a datasheet figure), before the
+steps, while this process has done little: the median of 5 matmuls, cached where the
+machine was quiet (train/mfu.py), so `lmforge bench` is how a peak probed low is probed
+again. An MFU above 100% is no figure but a wrong peak: it is printed as "n/a" with the
+reason (null in --json, with `mfu_note`).
 """
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import tempfile
@@ -55,11 +59,12 @@ class BenchResult:
     flops_per_token: int
     peak_tflops: float
     peak_source: str
-    mfu: float
+    mfu: float | None  # None where there is no figure: see mfu_note
     memory_mb: float
     memory_kind: str
     trainable_params: int = 0  # what the optimizer updates: all, or a LoRA run's adapters
     optimizer_bytes: int = 0  # its state (AdamW's moments) after the timed steps
+    mfu_note: str = ""  # why mfu is None: the run beat the peak, so the peak is wrong
 
 
 def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
@@ -75,13 +80,16 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
     log(f"benchmarking {recipe or 'default'}: {warmup} warm-up steps, then {steps} timed")
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
         trainer = Trainer(local_plan(cfg, Path(tmp)))
+        device, dtype = trainer.device, trainer.compute_dtype
+        # Probed before the steps: after them the load average would count this process's
+        # own training threads as other work, and a GPU's peak memory would count the probe.
+        peak, source = mfu.peak_flops(device, dtype, configured_tflops=cfg.train.peak_tflops,
+                                      remeasure=True)
         times = _timed_steps(trainer, steps=steps, warmup=warmup)
-    device, dtype = trainer.device, trainer.compute_dtype
-    peak, source = mfu.peak_flops(device, dtype, configured_tflops=cfg.train.peak_tflops,
-                                  remeasure=True)
     tokens_per_step = trainer.objective.tokens_per_step
     tokens_per_s = tokens_per_step * len(times) / sum(times)
     flops = trainer.flops_per_token
+    share, note = mfu.utilization(tokens_per_s, flops_per_token=flops, peak=peak, source=source)
     cuda = device.type == "cuda"
     memory = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -92,7 +100,7 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
         tokens_per_step=tokens_per_step, steps=steps, warmup=warmup,
         step_ms_median=statistics.median(times) * 1e3, step_ms_min=min(times) * 1e3,
         tokens_per_s=tokens_per_s, flops_per_token=flops, peak_tflops=peak / 1e12,
-        peak_source=source, mfu=mfu.mfu(tokens_per_s, flops_per_token=flops, peak=peak),
+        peak_source=source, mfu=share if math.isfinite(share) else None, mfu_note=note,
         memory_mb=memory, memory_kind="peak CUDA allocated" if cuda else "peak RSS",
         trainable_params=sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad),
         optimizer_bytes=optimizer_state_bytes(trainer.optimizer))
@@ -124,9 +132,15 @@ def describe(r: BenchResult) -> str:
         f"  step time    {r.step_ms_median:.1f} ms median, {r.step_ms_min:.1f} ms best "
         f"({r.steps} steps after {r.warmup} of warm-up)",
         f"  throughput   {r.tokens_per_s:,.0f} tokens/s",
-        f"  MFU          {r.mfu:.1%}  ({r.flops_per_token / 1e6:,.2f} MFLOPs per token; "
-        f"peak {r.peak_tflops:,.3g} TFLOP/s, {r.peak_source})",
+        f"  MFU          {_utilization(r)}  ({r.flops_per_token / 1e6:,.2f} MFLOPs per "
+        f"token; peak {r.peak_tflops:,.3g} TFLOP/s, {r.peak_source})",
         f"  trained      {r.trainable_params:,} parameters, optimizer state "
         f"{r.optimizer_bytes / 2**20:,.1f} MiB",
         f"  memory       {r.memory_mb:,.0f} MiB {r.memory_kind}",
     ])
+
+
+def _utilization(r: BenchResult) -> str:
+    if r.mfu is not None:
+        return f"{r.mfu:.1%}"
+    return r.mfu_note.removeprefix("mfu ") or "n/a"

@@ -251,7 +251,8 @@ class Trackers:
         values = dict(record)
         if record["kind"] == "train" and not math.isnan(self.bpb_factor):
             values["bpb"] = record["loss"] * self.bpb_factor
-        scalars = {tag: float(values[key]) for key, tag in tags.items() if key in values}
+        scalars = {tag: float(values[key]) for key, tag in tags.items()
+                   if values.get(key) is not None}  # null: no figure (an MFU above 100%)
         for tracker in self._trackers():
             tracker.scalars(scalars, step=record["step"])
             if record["kind"] == "eval":

@@ -401,7 +401,7 @@ class Trainer:
         record: dict[str, Any] = {
             "kind": "train", "step": c.step, "loss": clock.loss, "grad_norm": clock.norm,
             "lr": self.optimizer.param_groups[0]["lr"], "tokens": c.tokens,
-            "tokens_per_s": tok_s, "mfu": self.utilization.of(tok_s),
+            "tokens_per_s": tok_s, "mfu": self.utilization.record(tok_s),
             "elapsed_s": now - clock.start, "skipped": c.nonfinite_in_a_row > 0,
             "skipped_steps": c.skipped_steps}
         if clock.startup is not None:  # in the first record written

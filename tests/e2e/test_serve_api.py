@@ -5,71 +5,20 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from helpers import QUIET, TINY_MODEL, command, environment, json_corpus, lmforge, options
+from helpers import lmforge
+from serving import Server, tiny_run
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-KEY = "test-key-123"
-TINY = options(TINY_MODEL, QUIET, {"train.max_steps": "20", "eval.every": "0",
-                                   "eval.batches": "1", "checkpoint.every": "0",
-                                   "train.report": "false", "log.to": "none",
-                                   "data.path": "data/json", "data.source": ""})
-
-
-class Server:
-    """`lmforge serve RUN --port 0 ARGS` in a subprocess: its address read from the line it
-    prints, then /health polled a bounded number of times."""
-
-    def __init__(self, run: Path, *args: str, cwd: Path, key: str | None = KEY) -> None:
-        self.log = cwd / f"serve-{id(self)}.log"
-        extra = ["--api-key", key] if key else []
-        self.proc = subprocess.Popen(command("serve", run, "--port", "0", *extra, *args), cwd=cwd,
-                                     env=environment(threads=1), text=True,
-                                     stdout=subprocess.PIPE, stderr=self.log.open("w"))
-        line = self.proc.stdout.readline()  # printed once the model is loaded and the port bound
-        found = re.search(r"http://(\S+)/v1", line)
-        assert found, f"no address in {line!r}; log:\n{self.log.read_text()}"
-        self.url = f"http://{found.group(1)}"
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        for _ in range(200):
-            try:
-                if httpx.get(f"{self.url}/health", headers=self.headers, timeout=5).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()
-        else:
-            raise AssertionError("the server never became healthy")
-
-    def client(self, key: str = KEY):
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
-
-    def post(self, path: str, body, **kwargs) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.post(f"{self.url}{path}", content=content, timeout=60,
-                          headers={**self.headers, "Content-Type": "application/json"}, **kwargs)
-
-    def stop(self) -> int:
-        """SIGTERM, and the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            self.proc.stdout.close()
-
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    work = json_corpus(tmp_path_factory, "serve")
-    lmforge("train", *TINY, "--run.dir=runs/tiny", cwd=work, threads=1)
-    return work
+    return tiny_run(tmp_path_factory, "serve")
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +244,45 @@ def test_a_client_that_disconnects_frees_its_slot_at_once(work, stream):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_ignore_eos_runs_a_greedy_request_to_exactly_max_tokens(server):
+    """vLLM's extension: no end-of-text token ends the sequence before max_tokens."""
+    for stream in (False, True):
+        ask = dict(model="tiny", prompt="x", max_tokens=28, temperature=0,
+                   extra_body={"ignore_eos": True})
+        if stream:
+            chunks = list(server.client().completions.create(
+                **ask, stream=True, stream_options={"include_usage": True}))
+            tokens = chunks[-1].usage.completion_tokens
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            out = server.client().completions.create(**ask)
+            tokens, finish = out.usage.completion_tokens, out.choices[0].finish_reason
+        assert (tokens, finish) == (28, "length")
+
+
+def test_the_servers_connections_do_not_wait_to_gather_small_writes():
+    """bind() names TCP, so asyncio turns Nagle's algorithm off on each connection it accepts
+    (TCP_NODELAY): a response's head and body are not held for the client's delayed ACK, 40 ms
+    a response on a kept-alive connection."""
+    import asyncio
+
+    from lmforge.serve.server import bind
+
+    async def nodelay() -> int:
+        sock = bind("127.0.0.1", 0)
+        seen = asyncio.get_running_loop().create_future()
+
+        async def accepted(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                       socket.TCP_NODELAY))
+            writer.close()
+
+        async with await asyncio.start_server(accepted, sock=sock):
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(nodelay())

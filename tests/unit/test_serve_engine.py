@@ -189,6 +189,11 @@ def test_the_end_of_text_token_ends_a_request_without_a_token():
     events = list(handle)
     assert [e.token_id for e in events] == [*tokens[:k], None]
     assert events[-1] == TokenEvent(None, None, "stop") and handle.completion_tokens == k
+    # ignore_eos: the same token is one of the answer's, and the request runs to max_tokens
+    past = run_schedule(Engine(model, eot_id=tokens[k]),
+                        {0: [(ids, SamplingParams(max_tokens=8, temperature=0.0,
+                                                  ignore_eos=True))]})[0]
+    assert result(past) == (tokens, "length") and past.completion_tokens == 8
     # max_tokens reached: the last token's event carries "length"; 0 tokens: no token at all
     short = run_schedule(Engine(model, eot_id=EOT), {0: [(ids, SamplingParams(max_tokens=2, temperature=0.0)),
                                                         (ids, SamplingParams(max_tokens=0))]})

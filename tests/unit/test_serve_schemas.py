@@ -59,6 +59,8 @@ def test_a_valid_completion_is_read_with_its_prompts_and_stops():
     ({"echo": True}, "echo"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"suffix": "x"}, "suffix"),
+    ({"ignore_eos": "yes"}, "ignore_eos"),
+    ({"ignore_eos": 1}, "ignore_eos"),
 ])
 def test_a_wrong_field_is_a_400_that_names_it(fields, param):
     body = {"model": "m", "prompt": "x", **fields}
@@ -123,3 +125,10 @@ def test_a_character_cut_between_tokens_waits_for_the_next():
     stream = TextStream(tok, [], [])
     ids = tok.encode("é!")  # two bytes, then one
     assert [stream.push(i) for i in ids] == ["", "é", "!"]
+
+
+def test_ignore_eos_is_read_for_completions_and_chats_and_is_off_by_default():
+    assert completion().ignore_eos is False
+    assert completion(ignore_eos=True).ignore_eos is True
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "ignore_eos": True}
+    assert parse(ChatCompletionRequest, json.dumps(chat).encode()).ignore_eos is True

@@ -40,7 +40,8 @@ tokens kept. Recurrent models have no window: nothing is cropped.
 
 End of a request: at max_tokens (the last token's event carries finish_reason "length"), at
 the end-of-text token (an event with token_id None, finish_reason "stop": the eot token is
-not part of the output and not counted in completion_tokens), at cancel ("cancelled", at the
+not part of the output and not counted in completion_tokens; with SamplingParams.ignore_eos
+it is a token like the others), at cancel ("cancelled", at the
 next step), or when its forward or sampling fails ("error", handle.error says why; the
 engine goes on with the others). Every request gets exactly one final event.
 
@@ -88,7 +89,7 @@ class _Request:
     """The engine's side of a request (touched by the stepping thread only)."""
 
     __slots__ = ("handle", "prompt", "max_tokens", "greedy", "key", "sampling", "logprobs",
-                 "generator", "where", "done", "state", "row", "last", "produced")
+                 "ends", "generator", "where", "done", "state", "row", "last", "produced")
 
     def __init__(self, handle: RequestHandle, prompt: list[int], params: SamplingParams,
                  generator: torch.Generator) -> None:
@@ -101,6 +102,7 @@ class _Request:
         self.sampling: dict[str, Any] = dict(temperature=params.temperature, top_k=params.top_k,
                              top_p=params.top_p, generator=generator)
         self.logprobs = params.logprobs
+        self.ends = not params.ignore_eos  # the end-of-text token ends it
         self.generator = generator
         self.where = QUEUED
         self.done = 0  # prompt tokens prefilled
@@ -412,7 +414,7 @@ class Engine:
 
     def _emit(self, request: _Request, token: int, logprob: float | None) -> bool:
         """Hand a sampled token to the request; True when that ends it."""
-        if token == self.eot_id:
+        if token == self.eot_id and request.ends:
             self._finish(request, TokenEvent(None, None, "stop"))
             return True
         request.produced += 1

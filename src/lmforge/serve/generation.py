@@ -76,14 +76,16 @@ class Generation:
     def submit(self, prompts: list[list[int]], params: list[list[SamplingParams]], stops: list[str],
                end: frozenset[int]) -> list[Sequence]:
         """Each prompt with each of its settings (n); all or none: a full queue cancels those
-        already in."""
+        already in. A sequence with ignore_eos runs to its max_tokens: no token in `end` ends
+        it."""
         sequences: list[Sequence] = []
         try:
             for ids, settings in zip(prompts, params, strict=True):
                 for p in settings:
                     handle = self.engine.submit(ids, p)
                     sequences.append(Sequence(len(sequences), handle,
-                                              TextStream(self.tokenizer, ids, stops), end))
+                                              TextStream(self.tokenizer, ids, stops),
+                                              frozenset() if p.ignore_eos else end))
         except (QueueFull, EngineStopped, ValueError) as err:
             for seq in sequences:
                 seq.handle.cancel()

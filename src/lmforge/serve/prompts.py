@@ -91,5 +91,6 @@ class Encoder:
             max_tokens=asked if asked is not None else default,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_k=request.top_k or 0, top_p=1.0 if request.top_p is None else request.top_p,
-            seed=None if request.seed is None else request.seed + i, logprobs=logprobs)
+            seed=None if request.seed is None else request.seed + i, logprobs=logprobs,
+            ignore_eos=request.ignore_eos)
             for i in range(request.n or 1)]

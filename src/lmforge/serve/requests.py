@@ -20,6 +20,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None    # None: a seed drawn from the engine's own generator
     logprobs: bool = False     # report each sampled token's log-probability
+    ignore_eos: bool = False   # the end-of-text token is a token like any other: run to max_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 bool is not an int, NaN is no number) and turned into one ApiError (400, the field named) when
 they are wrong: never a 500. Fields OpenAI has and this server does not implement are refused
 when set to anything but their neutral value; fields it does not know are ignored, as clients
-send their own (`user`, ...)."""
+send their own (`user`, ...). One extension is vLLM's: `ignore_eos`."""
 
 from __future__ import annotations
 
@@ -87,6 +87,9 @@ class _Sampled(_Strict):
     stop: Annotated[list[str], PlainValidator(_stop)] = []
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    # vLLM's extension: the end-of-text (and a chat's end-of-turn) token does not end the
+    # sequence, which runs to max_tokens (benchmarks want a known number of tokens)
+    ignore_eos: bool = False
     # OpenAI's, not implemented here: refused unless neutral (see `unsupported`)
     presence_penalty: Any = None
     frequency_penalty: Any = None

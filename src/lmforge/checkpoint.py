@@ -32,19 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_model, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (  # _get_fqns: torch's own unwrapping of names
-    StateDictOptions,
-    _get_fqns,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
-from lmforge import safe_dcp
 from lmforge.console import log
 from lmforge.distributed.env import SINGLE, DistInfo, barrier, broadcast_object
 from lmforge.errors import CheckpointError
@@ -54,6 +44,16 @@ from lmforge.rundir import WEIGHTS_FILE, RunDir, checkpoint_name
 STATE_DIR = "state"
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
+
+
+def _dcp() -> Any:
+    """torch.distributed.checkpoint, imported where a checkpoint's model and optimizer state
+    is saved or loaded: the import takes most of a second (DTensor, sympy), which loading the
+    weights alone (eval, generate, serve) and a run's first step need not wait for."""
+    import torch.distributed.checkpoint as dcp
+    import torch.distributed.checkpoint.state_dict  # noqa: F401  (dcp.state_dict below)
+
+    return dcp
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, *,
     parameter names that are the same under every strategy (the trainable weights alone
     with `adapters_only`)."""
     return {"model": _model_state(model, adapters_only=adapters_only),
-            "optim": get_optimizer_state_dict(model, optimizer)}
+            "optim": _dcp().state_dict.get_optimizer_state_dict(model, optimizer)}
 
 
 def _model_state(model: nn.Module, *, adapters_only: bool, full: bool = False) -> dict[str, Any]:
@@ -116,13 +116,15 @@ def _model_state(model: nn.Module, *, adapters_only: bool, full: bool = False) -
     weights when `adapters_only`. torch's ignore_frozen_params looks each frozen parameter
     up under one name only, so a frozen weight with two (the tied output layer) is dropped
     here under the other as well."""
-    options = StateDictOptions(full_state_dict=full, cpu_offload=full,
-                               ignore_frozen_params=adapters_only)
-    state = get_model_state_dict(model, options=options)
+    dicts = _dcp().state_dict
+    options = dicts.StateDictOptions(full_state_dict=full, cpu_offload=full,
+                                     ignore_frozen_params=adapters_only)
+    state = dicts.get_model_state_dict(model, options=options)
     if adapters_only:
         for name, p in model.named_parameters(remove_duplicate=False):
             if not p.requires_grad:
-                for fqn in _get_fqns(model, name):  # its name in the state dict, unwrapped
+                for fqn in dicts._get_fqns(model, name):  # its name in the state dict, unwrapped
+                    # (torch's own unwrapping of names)
                     state.pop(fqn, None)
     return state
 
@@ -163,7 +165,7 @@ def save_checkpoint(run: RunDir, *, step: int, model: nn.Module, optimizer: torc
             (tmp / META_FILE).write_text(json.dumps(dataclasses.asdict(meta), indent=2))
             os.replace(tmp, final)
             _point(run, name, is_best=is_best, keep_last=keep_last)
-    except (OSError, dcp.api.CheckpointException) as err:
+    except (OSError, _dcp().api.CheckpointException) as err:
         # dcp.save reports a failed write as a CheckpointException (a BaseException) that
         # wraps each rank's OSError; either way the half-written directory goes, `latest`
         # still names the previous checkpoint, and the user learns what to do in one line.
@@ -199,7 +201,7 @@ def _write(tmp: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
         tmp.mkdir()
     barrier(info)
     with _quiet_single_process():
-        dcp.save(_training_state(model, optimizer, adapters_only=adapters_only),
+        _dcp().save(_training_state(model, optimizer, adapters_only=adapters_only),
                  checkpoint_id=str(tmp / STATE_DIR),
                  no_dist=not _in_group())
     if info.is_main:
@@ -404,9 +406,12 @@ def load_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.
         raise CheckpointError(f"{path} was written by an older lmforge (no {STATE_DIR}/); "
                               "it can be evaluated but not resumed; start a new run")
     state = _training_state(model, optimizer, adapters_only=adapters_only)
+    from lmforge import safe_dcp  # as _dcp: only where a run resumes
+
     with _quiet_single_process():  # through admitted classes only: a hostile file runs nothing
         safe_dcp.load(state, path / STATE_DIR, no_dist=not _in_group())
-    set_model_state_dict(model, state["model"],
-                         options=StateDictOptions(strict=not adapters_only))
-    set_optimizer_state_dict(model, optimizer, state["optim"])
+    dicts = _dcp().state_dict
+    dicts.set_model_state_dict(model, state["model"],
+                               options=dicts.StateDictOptions(strict=not adapters_only))
+    dicts.set_optimizer_state_dict(model, optimizer, state["optim"])
     return read_trainer_state(path)

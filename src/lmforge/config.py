@@ -216,6 +216,7 @@ def validate(cfg: Config) -> None:
                           f"{m.n_embd * m.mlp_ratio:g} units; use a ratio such as 4 "
                           "(above 0, at most 1024)")
     validate_lora(cfg)
+    validate_speedrun(cfg)
     validate_log(cfg.log)
     validate_data(cfg.data, cfg.tokenizer, cfg.clean)
     t, e = cfg.train, cfg.eval
@@ -242,6 +243,28 @@ def validate_lora(cfg: Config) -> None:
     if cfg.parallel.strategy in ("tp", "fsdp+tp"):
         raise ConfigError(f"lora.r={lora.r} with parallel.strategy={cfg.parallel.strategy}: "
                           "tensor parallelism cannot split the adapters' layers; use ddp or fsdp")
+
+
+def validate_speedrun(cfg: Config) -> None:
+    """model.qk_norm, model.zero_init_proj, model.logit_softcap and optim.name=muon only
+    where lmforge implements them (each is off by default)."""
+    m, strategy = cfg.model, cfg.parallel.strategy
+    if m.arch != "gpt":
+        asked = [key for key, on in (("model.qk_norm", m.qk_norm),
+                                     ("model.zero_init_proj", m.zero_init_proj),
+                                     ("model.logit_softcap", m.logit_softcap > 0)) if on]
+        if asked:
+            raise ConfigError(f"{asked[0]} is a Transformer option, and model.arch={m.arch} "
+                              "does not implement it; leave it at its default")
+    if m.qk_norm and strategy in ("tp", "fsdp+tp"):
+        # the gains are shared by the heads, which tensor parallelism splits across ranks:
+        # each rank's gradient would cover its own heads only
+        raise ConfigError(f"model.qk_norm=true with parallel.strategy={strategy}: its gains are "
+                          "shared by heads that tensor parallelism splits across ranks; use ddp "
+                          "or fsdp")
+    if cfg.optim.name == "muon" and cfg.lora.r:
+        raise ConfigError(f"optim.name=muon with lora.r={cfg.lora.r}: LoRA's adapters train "
+                          "with AdamW in lmforge; use optim.name=adamw")
 
 
 def validate_log(log: LogConfig) -> None:

@@ -101,6 +101,8 @@ BOUNDS: dict[str, Range] = {
     "model.rope_high_freq_factor": Range(0.0, 1e6, open_low=True),
     "model.rope_original_context": Range(1, 2**24, why="more positions than any model was "
                                                        "pre-trained at"),
+    "model.logit_softcap": Range(0.0, zero="off",
+                                 low_why="it is the size of the cap (15 or 30 in the speedrun)"),
     "model.vocab_size": Range(0, MAX_VOCAB, zero="take it from the dataset's tokenizer",
                               why="more than every Unicode code point"),
     "optim.lr": Range(0.0, open_low=True, low_why="a learning rate of 0 never trains"),
@@ -109,6 +111,12 @@ BOUNDS: dict[str, Range] = {
     "optim.beta1": Range(0.0, 1.0, open_high=True, why="AdamW's averages need beta < 1"),
     "optim.beta2": Range(0.0, 1.0, open_high=True, why="AdamW's averages need beta < 1"),
     "optim.eps": Range(0.0),
+    "optim.muon_lr": Range(0.0, 1e3, open_low=True, low_why="a learning rate of 0 never trains",
+                           why="far past any useful rate (the reference's is 0.02); torch's "
+                               "Muon step fails where a rate overflows float32"),
+    "optim.muon_momentum": Range(0.0, 1.0, open_high=True,
+                                 why="a momentum of 1 never forgets a gradient"),
+    "optim.muon_weight_decay": Range(0.0),
     "optim.grad_clip": Range(0.0, zero="no clipping",
                              low_why="a negative norm would turn the gradients around"),
     "optim.warmup_steps": Range(0, MAX_STEPS, why=_STEPS),
@@ -208,6 +216,7 @@ class ModelShape(Protocol):
     mlp_ratio: float
     mlp_hidden: int
     qkv_bias: bool
+    qk_norm: bool
     bidirectional: bool
 
     @property
@@ -247,7 +256,8 @@ def model_params(m: ModelShape, vocab: int | None = None) -> int:
     q = m.n_head * m.head_size  # query and output width; keys and values have kv_heads
     kv = m.kv_heads * m.head_size
     attn = 2 * c * q + 2 * c * kv + (q + 2 * kv) * int(bias or m.qkv_bias) + c * bias
-    block = attn + mlp + 2 * norm
+    qk_norm = 2 * m.head_size if m.qk_norm else 0  # one gain for the queries, one for the keys
+    block = attn + mlp + 2 * norm + qk_norm
     positions = m.block_size * c if m.pos == "learned" else 0
     return v * c + positions + layers * block + norm + head
 

@@ -108,8 +108,9 @@ class ModelConfig:
                                              "see future tokens"})
     mlp: str = option("gelu", "Feed-forward block: GELU (exact, as PyTorch's nn.GELU and "
                               "nanoGPT; on CPUs 5x cheaper than the tanh form), GELU with GPT-2's "
-                              "tanh approximation (HF's gelu_new), or SwiGLU (Llama).",
-                      choices=("gelu", "gelu_tanh", "swiglu"))
+                              "tanh approximation (HF's gelu_new), SwiGLU (Llama), or ReLU "
+                              "squared (relu2: c_proj(relu(c_fc x)^2), the NanoGPT speedrun's).",
+                      choices=("gelu", "gelu_tanh", "swiglu", "relu2"))
     mlp_ratio: float = option(4.0, "Hidden width of the feed-forward block, as a multiple of n_embd.")
     mlp_hidden: int = option(0, "Hidden width of the feed-forward block in units (Hugging Face's "
                                 "intermediate_size); 0: from model.mlp_ratio (for SwiGLU 2/3 of "
@@ -138,6 +139,18 @@ class ModelConfig:
     rope_original_context: int = option(8192, "llama3 scaling: the context the model was "
                                               "pre-trained at.")
     tie_embeddings: bool = option(True, "Share the token embedding with the output layer.")
+    qk_norm: bool = option(False, "RMSNorm on each head's queries and keys (with a learned gain "
+                                  "of head_size, shared by the heads) before the rotary "
+                                  "embedding, as OLMo 2, Qwen3 and the NanoGPT speedrun do: "
+                                  "attention logits cannot blow up, so higher learning rates "
+                                  "stay stable.")
+    zero_init_proj: bool = option(False, "Start the projections that write into the residual "
+                                         "stream (attention's and the MLP's c_proj) at zero, so "
+                                         "each block starts as the identity (the NanoGPT "
+                                         "speedrun's initialization).")
+    logit_softcap: float = option(0.0, "Cap the output logits smoothly at +-this: cap * "
+                                       "tanh(logits / cap) (Gemma 2; the NanoGPT speedrun uses "
+                                       "15 or 30). 0: off.")
     bidirectional: bool = option(False, "Recurrent models (rnn, lstm, gru) only: read each "
                                         "sequence in both directions, for tagging (lmforge "
                                         "finetune tag), where a word's tag depends on what "
@@ -158,12 +171,32 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = option("adamw", "The optimizer: AdamW for every weight, or Muon "
+                                "(torch.optim.Muon: momentum orthogonalized by Newton-Schulz) for "
+                                "the hidden layers' weight matrices with AdamW (the settings "
+                                "below) for the embeddings, the output layer, norms and biases.",
+                       choices=("adamw", "muon"))
     lr: float = option(1e-3, "Peak learning rate of AdamW.")
     min_lr: float = option(1e-4, "Learning rate at the end of the decay.")
     weight_decay: float = option(0.1, "AdamW weight decay, applied to matrices only.")
     beta1: float = option(0.9, "AdamW beta1.")
     beta2: float = option(0.99, "AdamW beta2.")
     eps: float = option(1e-8, "AdamW epsilon.")
+    muon_lr: float = option(0.02, "optim.name=muon: Muon's peak learning rate (Keller Jordan's "
+                                  "reference uses 0.02); warm-up and decay scale it by the same "
+                                  "factor as optim.lr.")
+    muon_momentum: float = option(0.95, "optim.name=muon: Muon's (Nesterov) momentum.")
+    muon_weight_decay: float = option(0.0, "optim.name=muon: decoupled weight decay of the Muon "
+                                           "matrices, its own because torch multiplies it by "
+                                           "optim.muon_lr (0.1 at 0.02 shrinks them 0.2% a "
+                                           "step, 20 times AdamW's at 1e-3); 0 as in the "
+                                           "reference.")
+    muon_adjust_lr: str = option("original", "optim.name=muon: how each matrix's step is scaled "
+                                             "by its shape: original (Keller Jordan's, sqrt(max(1, "
+                                             "out/in)), for optim.muon_lr near 0.02) or "
+                                             "match_rms_adamw (Moonshot's, 0.2 sqrt(max(out, in)): "
+                                             "updates the size of AdamW's, so optim.muon_lr near "
+                                             "optim.lr).", choices=("original", "match_rms_adamw"))
     grad_clip: float = option(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
     schedule: str = option("cosine", "Learning-rate schedule after warm-up: cosine decay, "
                                      "warm-up-stable-decay, or constant.",

@@ -98,3 +98,56 @@ def test_out_of_range_overrides_fail_when_parsed(args, message):
     """Before any recipe is read: the CLI checks each override as it parses it."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_overrides(args)
+
+
+# ---------------------------------------------------------------------------- speedrun options
+
+SPEEDRUN = {"optim.name": "adamw", "optim.muon_lr": 0.02, "optim.muon_momentum": 0.95,
+            "optim.muon_weight_decay": 0.0, "optim.muon_adjust_lr": "original",
+            "model.qk_norm": False, "model.zero_init_proj": False, "model.logit_softcap": 0.0}
+
+
+def test_a_run_saved_before_the_speedrun_options_loads_as_it_trained(tmp_path):
+    """Its config.toml lacks the new fields: they take the defaults, which compute what it
+    computed (AdamW, no q/k norm, GPT-2's init, plain logits)."""
+    cfg = load_config("shakespeare_char_fast", {"train.max_steps": "11"})
+    for key, value in SPEEDRUN.items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value, key
+    write_config(cfg, RunDir(tmp_path))
+    text = (tmp_path / "config.toml").read_text()
+    old = "\n".join(line for line in text.splitlines()
+                    if line.split(" = ")[0] not in {k.split(".")[1] for k in SPEEDRUN})
+    assert "qk_norm" in text and "qk_norm" not in old and "muon_lr" not in old
+    (tmp_path / "config.toml").write_text(old)
+    assert read_run_config(RunDir(tmp_path)) == cfg
+
+
+def test_the_speedrun_options_are_set_from_the_command_line():
+    cfg = load_config("shakespeare_char_fast", parse_overrides([
+        "--optim.name=muon", "--optim.muon_lr=0.05", "--optim.muon_adjust_lr=match_rms_adamw",
+        "--model.qk_norm=true", "--model.mlp=relu2", "--model.zero_init_proj=true",
+        "--model.logit_softcap=15", "--model.tie_embeddings=false"]))
+    assert (cfg.optim.name, cfg.optim.muon_lr, cfg.optim.muon_adjust_lr) == (
+        "muon", 0.05, "match_rms_adamw")
+    assert cfg.model.qk_norm and cfg.model.zero_init_proj and cfg.model.mlp == "relu2"
+    assert cfg.model.logit_softcap == 15.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.arch": "lstm", "model.qk_norm": "true"},
+     "model.qk_norm is a Transformer option, and model.arch=lstm does not implement it"),
+    ({"model.arch": "gru", "model.logit_softcap": "30"}, "model.logit_softcap is a Transformer"),
+    ({"model.arch": "rnn", "model.zero_init_proj": "true"}, "model.zero_init_proj is a"),
+    ({"model.qk_norm": "true", "parallel.strategy": "tp"},
+     "model.qk_norm=true with parallel.strategy=tp: its gains are shared by heads"),
+    ({"optim.name": "muon", "lora.r": "8"}, "optim.name=muon with lora.r=8"),
+    ({"optim.name": "sgd"}, "optim.name: 'sgd' is not one of adamw, muon"),
+    ({"model.mlp": "relu"}, "did you mean 'relu2'?"),
+    ({"model.logit_softcap": "-1"}, "model.logit_softcap must be 0 (off) or more"),
+    ({"optim.muon_lr": "0"}, "optim.muon_lr must be in (0, 1000], got 0.0 (a learning rate of 0 never trains)"),
+    ({"optim.muon_momentum": "1"}, "optim.muon_momentum must be in [0, 1)"),
+])
+def test_speedrun_options_where_they_mean_nothing_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("default", overrides)

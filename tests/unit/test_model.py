@@ -32,13 +32,19 @@ def gpt(cfg: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32) 
 # ---------------------------------------------------------------------------- attention
 
 def reference_attention(attn: CausalSelfAttention, x: torch.Tensor, *, rope_theta: float | None):
-    """softmax(Q K^T / sqrt(d) + causal mask) V, written out in float64."""
+    """softmax(Q K^T / sqrt(d) + causal mask) V, written out in float64 (with model.qk_norm,
+    each head's q and k divided by their root mean square and scaled by the gains first)."""
     x = x.double()
     B, T, C = x.shape
     hs = attn.head_dim
     nh = C // hs
     q, k, v = (x @ p.weight.double().T + p.bias.double() for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     q, k, v = (t.reshape(B, T, nh, hs).permute(0, 2, 1, 3) for t in (q, k, v))
+    if attn.q_norm is not None and attn.k_norm is not None:
+        def rms(t, norm):
+            return t / (t.square().mean(-1, keepdim=True) + norm.eps).sqrt() * norm.weight.double()
+
+        q, k = rms(q, attn.q_norm), rms(k, attn.k_norm)
     if rope_theta is not None:
         # the same rotation as complex numbers: (x_i + j x_{i+hs/2}) * e^{j pos theta^(-2i/hs)}
         freqs = rope_theta ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
@@ -59,12 +65,17 @@ def reference_attention(attn: CausalSelfAttention, x: torch.Tensor, *, rope_thet
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
-def test_attention_matches_float64_reference(pos):
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_attention_matches_float64_reference(pos, qk_norm):
     from lmforge.models.layers import rope_tables
 
-    cfg = tiny(n_embd=32, n_head=4, bias=True)
+    cfg = tiny(n_embd=32, n_head=4, bias=True, qk_norm=qk_norm)
     torch.manual_seed(0)
     attn = CausalSelfAttention(cfg).eval()
+    if qk_norm:  # gains other than the init's ones, so that using them is tested
+        with torch.no_grad():
+            attn.q_norm.weight.uniform_(0.5, 2.0)
+            attn.k_norm.weight.uniform_(0.5, 2.0)
     x = torch.randn(2, 9, 32)
     theta = 10000.0 if pos == "rope" else None
     rope = rope_tables(cfg, 9) if theta else None
@@ -127,8 +138,9 @@ def test_future_tokens_do_not_change_past_logits(norm, mlp, pos, bias, tie):
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
 @pytest.mark.parametrize("chunk", [1, 3])
-def test_cache_steps_match_full_forward(pos, chunk):
-    model = gpt(tiny(pos=pos, norm="rmsnorm" if pos == "rope" else "layernorm"))
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_cache_steps_match_full_forward(pos, chunk, qk_norm):
+    model = gpt(tiny(pos=pos, norm="rmsnorm" if pos == "rope" else "layernorm", qk_norm=qk_norm))
     tokens = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full, state = model(tokens)
@@ -253,3 +265,116 @@ def test_training_step_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+# ---------------------------------------------------------------------------- speedrun options
+
+def test_qk_norm_adds_per_head_gains_and_changes_the_computation():
+    from lmforge.config_checks import model_params
+
+    cfg = tiny(pos="rope", norm="rmsnorm", qk_norm=True)
+    normed, plain = gpt(cfg), gpt(dataclasses.replace(cfg, qk_norm=False))
+    extra = {n for n in dict(normed.named_parameters())} - set(dict(plain.named_parameters()))
+    assert extra == {f"blocks.{i}.attn.{w}_norm.weight" for i in range(2) for w in "qk"}
+    assert normed.get_parameter("blocks.0.attn.q_norm.weight").shape == (8,)  # head_size
+    assert model_params(cfg) == normed.num_params() == plain.num_params() + 2 * 2 * 8
+    plain.load_state_dict({k: v for k, v in normed.state_dict().items() if "_norm." not in k})
+    tokens = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = normed(tokens)[0], plain(tokens)[0]
+    assert a.shape == b.shape == (2, 12, 11)
+    assert (a - b).abs().max() > 1e-3  # the same weights compute something else
+
+
+def test_relu2_mlp_is_relu_squared():
+    from lmforge.config_checks import model_params
+    from lmforge.models.layers import MLP
+
+    cfg = tiny(mlp="relu2", bias=True)
+    torch.manual_seed(0)
+    mlp = MLP(cfg)
+    x = torch.randn(3, 5, 16)
+    by_hand = torch.relu(x @ mlp.c_fc.weight.T + mlp.c_fc.bias) ** 2 @ mlp.c_proj.weight.T
+    torch.testing.assert_close(mlp(x), by_hand + mlp.c_proj.bias)
+    model = gpt(cfg)
+    assert isinstance(model.blocks[0].mlp, MLP) and model.blocks[0].mlp.c_fc.out_features == 64
+    assert model_params(cfg) == model.num_params()
+
+
+def test_zero_init_proj_starts_the_residual_projections_at_zero_and_trains():
+    cfg = tiny(zero_init_proj=True, tie_embeddings=False)
+    model = gpt(cfg).train()
+    projections = [n for n, _ in model.named_parameters() if n.endswith("c_proj.weight")]
+    assert len(projections) == 4  # attention's and the MLP's, in each of the two blocks
+    for name, p in model.named_parameters():
+        assert (torch.count_nonzero(p) == 0) == (name in projections), name
+    # the meta-device path (materialized, then init_weights) zeroes them too
+    meta, _ = assert_meta_build_equals_direct(GPT, dataclasses.replace(cfg, tie_embeddings=True))
+    assert torch.count_nonzero(meta.get_parameter(projections[0])) == 0
+    tokens = torch.randint(0, 11, (4, 12), generator=torch.Generator().manual_seed(3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        logits, _ = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        if not losses:  # a zero matrix still gets a gradient: its input is not zero
+            assert all(model.get_parameter(n).grad.abs().max() > 0 for n in projections)
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.count_nonzero(model.get_parameter(n)) > 0 for n in projections)
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_logit_softcap_caps_the_logits_with_tanh():
+    capped = gpt(tiny(logit_softcap=2.0, tie_embeddings=False))
+    plain = gpt(tiny(tie_embeddings=False))
+    plain.load_state_dict(capped.state_dict())
+    with torch.no_grad():  # logits large enough for the cap to matter
+        for m in (capped, plain):
+            m.lm_head.weight.mul_(100)
+    tokens = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a, b = capped(tokens)[0], plain(tokens)[0]
+        assert b.abs().max() > 4 and a.abs().max() <= 2
+        torch.testing.assert_close(a, 2.0 * torch.tanh(b / 2.0))
+        torch.testing.assert_close(capped.logits(capped.hidden(tokens)), a)
+
+
+def test_the_serving_engine_caps_the_first_token_too():
+    """The engine's prefill runs the output layer itself (on the last position only): the
+    log-probability of every token it reports is that of the capped forward pass."""
+    from lmforge.serve.engine import Engine, SamplingParams
+
+    model = gpt(tiny(logit_softcap=1.0, block_size=16), dtype=torch.float64)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)
+    prompt = [1, 4, 2, 7]
+    engine = Engine(model, eot_id=10, max_batch=1)
+    handle = engine.submit(prompt, SamplingParams(max_tokens=3, temperature=0.0, logprobs=True))
+    while engine.step():
+        pass
+    events = [e for e in handle if e.token_id is not None]
+    assert len(events) == 3
+    ids = prompt + [e.token_id for e in events]
+    with torch.no_grad():
+        logprobs = model(torch.tensor([ids]))[0][0].log_softmax(-1)
+    for i, event in enumerate(events):
+        assert event.logprob == pytest.approx(float(logprobs[len(prompt) - 1 + i, event.token_id]),
+                                              abs=1e-9)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"qk_norm": True}, "model.qk_norm=true"), ({"mlp": "relu2"}, "model.mlp=relu2"),
+    ({"logit_softcap": 15.0}, "model.logit_softcap=15")])
+def test_options_no_export_format_computes_are_refused_by_name(option, message):
+    from lmforge.interop.gguf_export import check_exportable
+    from lmforge.interop.hf_layout import hf_family
+
+    llama = dict(norm="rmsnorm", mlp="swiglu", pos="rope")
+    cfg = tiny(**{**llama, **option})
+    assert hf_family(tiny(**llama, zero_init_proj=True)) == "llama"  # only the init differs
+    for check in (hf_family, lambda c: check_exportable(c, None)):
+        with pytest.raises(ConfigError, match=f"cannot export a model trained with {message}"):
+            check(cfg)

@@ -102,12 +102,28 @@ def weight_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory} has no {WEIGHTS} or pytorch_model.bin")
 
 
+def _speedrun_option(cfg: ModelConfig) -> str | None:
+    """The first option set that changes what the model computes beyond every family lmforge
+    writes (GPT-2, Llama, Qwen2 and GGUF's llama), as `key=value (what it is)`; None if none."""
+    for on, option in ((cfg.qk_norm, "model.qk_norm=true (RMSNorm on queries and keys)"),
+                       (cfg.mlp == "relu2", "model.mlp=relu2 (ReLU squared)"),
+                       (cfg.logit_softcap > 0, f"model.logit_softcap={cfg.logit_softcap:g} "
+                                               "(tanh-capped logits)")):
+        if on:
+            return option
+    return None
+
+
 def hf_family(cfg: ModelConfig) -> str:
     """'gpt2', 'llama' or 'qwen2': the HF architecture that computes exactly what `cfg` does.
     Biases on q, k and v alone are Qwen2's; Llama's attention_bias puts one on o as well."""
     if cfg.arch != "gpt":
         raise ConfigError(f"model.arch={cfg.arch} has no Hugging Face equivalent that lmforge "
                           "can write; use --format safetensors")
+    option = _speedrun_option(cfg)
+    if option:
+        raise ConfigError(f"cannot export a model trained with {option}: no Hugging Face or "
+                          "GGUF model that lmforge writes computes it; use --format safetensors")
     def fits(value: Any, want: Any) -> bool:
         return value in want if isinstance(want, tuple) else value == want
 

@@ -80,7 +80,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """GPT-2 initialization, and the rotary tables.
+        """GPT-2 initialization (model.zero_init_proj: the residual projections at zero), and
+        the rotary tables.
 
         Called by the constructor. A model built on the meta device and materialized with
         `to_empty` has no values yet: distributed/parallelize.py gives it rank 0's weights
@@ -99,6 +100,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+                if self.cfg.zero_init_proj:  # the speedrun's: each block starts as the identity
+                    nn.init.zeros_(p)
         self.reset_buffers()
 
     @torch.no_grad()
@@ -126,7 +129,17 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) for every position of tokens (B, T), and the cache, if given,
         now holding these T positions as well. A RowCache (serving) holds sequences at
         lengths of their own: row b's tokens then continue row b of the cache."""
-        return self.lm_head(self.hidden(tokens, state)), state  # (B, T, vocab)
+        return self.logits(self.hidden(tokens, state)), state  # (B, T, vocab)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The output layer on final hidden states (..., C): logits (..., vocab), capped at
+        +-model.logit_softcap when it is set (in float32: tanh in bfloat16 would round the
+        capped logits to 8 bits). Every caller that wants logits goes through here."""
+        logits = self.lm_head(hidden)
+        cap = self.cfg.logit_softcap
+        if not cap:
+            return logits
+        return cap * torch.tanh(logits.float() / cap)
 
     def hidden(self, tokens: Tensor, state: KVCache | RowCache | None = None) -> Tensor:
         """The final hidden states (B, T, C), after the last norm: what the output layer

@@ -1,5 +1,6 @@
 """Shared Transformer blocks: norms, rotary embeddings, causal self-attention with a KV
-cache, and the two feed-forward blocks (GPT-2's GELU MLP and Llama's SwiGLU).
+cache, and the feed-forward blocks (GPT-2's GELU MLP, also with ReLU squared, and Llama's
+SwiGLU).
 
 Shapes: B batch, T new tokens, C n_embd, nh heads, hs head size, L cache length.
 """
@@ -240,6 +241,9 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.n_embd, kv_width, bias=qkv_bias)
         self.c_proj = nn.Linear(q_width, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        # model.qk_norm: one gain over a head's width, shared by every head (Qwen3's q_norm)
+        self.q_norm = nn.RMSNorm(cfg.head_size, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_size, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
                 cache: KVCache | RowCache | None = None, layer: int = 0) -> Tensor:
@@ -249,6 +253,9 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, -1, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, -1, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, -1, hs).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            # before the rotation (which keeps norms): the cache holds normalized keys
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         dropout_p = self.dropout if self.training else 0.0
@@ -277,7 +284,7 @@ class CausalSelfAttention(nn.Module):
 
 class MLP(nn.Module):
     """GPT-2's feed-forward block: exact GELU (model.mlp=gelu) or GPT-2's tanh approximation
-    of it (gelu_tanh, HF's gelu_new)."""
+    of it (gelu_tanh, HF's gelu_new); or ReLU squared (relu2, the NanoGPT speedrun's)."""
 
     TP_PLAN: dict[str, TPStyle] = {"c_fc": "colwise", "c_proj": "rowwise"}
 
@@ -288,9 +295,12 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate)
+        return self.drop(self.c_proj(h))
 
 
 def swiglu_hidden(n_embd: int, mlp_ratio: float) -> int:
@@ -317,8 +327,8 @@ class SwiGLU(nn.Module):
 
 
 def make_mlp(cfg: ModelConfig) -> MLP | SwiGLU:
-    if cfg.mlp in ("gelu", "gelu_tanh"):
+    if cfg.mlp in ("gelu", "gelu_tanh", "relu2"):
         return MLP(cfg)
     if cfg.mlp == "swiglu":
         return SwiGLU(cfg)
-    raise ValueError(f"unknown mlp '{cfg.mlp}': use gelu, gelu_tanh or swiglu")
+    raise ValueError(f"unknown mlp '{cfg.mlp}': use gelu, gelu_tanh, swiglu or relu2")

@@ -338,7 +338,7 @@ class Engine:
                     logits = out[:, -1]  # (1, V)
                 else:  # the output layer only where a token is sampled
                     hidden = self._gpt.hidden(chunk, request.state)  # (1, take, C)
-                    logits = self._gpt.lm_head(hidden[:, -1]) if last else None
+                    logits = self._gpt.logits(hidden[:, -1]) if last else None
                 token, logprob = (self._sample_one(request, logits[0]) if last and logits is not None
                                   else (0, None))
             except Exception as err:

@@ -55,7 +55,7 @@ from lmforge.train import mfu
 from lmforge.train.build import build_for_rank
 from lmforge.train.metrics import MetricsLog, TrainProgress, plot_losses
 from lmforge.train.objective import Evaluation, LanguageModeling, Objective, bits_per_byte_factor
-from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.optim import build_optimizer, lr_at, set_lr
 from lmforge.train.preemption import Preemption
 from lmforge.train.profiling import StepProfiler
 from lmforge.train.sampling import draw_samples
@@ -202,9 +202,8 @@ class Trainer:
         """One optimizer step over train.grad_accum micro-batches: (mean loss, grad norm),
         averaged over the data-parallel ranks."""
         cfg = self.cfg
-        lr = lr_at(self.counters.step, cfg=cfg.optim, max_steps=cfg.train.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr_at(self.counters.step, cfg=cfg.optim,
+                                     max_steps=cfg.train.max_steps))
         accum = cfg.train.grad_accum
         total = torch.zeros((), device=self.device)
         for micro in range(accum):

@@ -197,17 +197,28 @@ def test_tied_embeddings_share_storage():
     assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_decode_layout_keeps_the_values_and_the_tie(tie):
-    model = gpt(tiny(tie_embeddings=tie)).eval()
+@pytest.mark.parametrize("tie, style", [(True, {}), (False, {"bias": True}),
+                                         (True, {"pos": "rope", "n_kv_head": 1})])
+def test_decode_layout_keeps_the_values_and_the_tie(tie, style):
+    model = gpt(tiny(tie_embeddings=tie, **style)).eval()
     tokens = torch.randint(0, 11, (3, 12), generator=torch.Generator().manual_seed(1))
     before = model(tokens)[0]
     params = {name: p for name, p in model.named_parameters()}
     assert use_decode_layout(model) is model
     assert {name: p for name, p in model.named_parameters()} == params  # the same objects
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):  # column by column: its transpose contiguous
-            assert module.weight.t().is_contiguous() and not module.weight.is_contiguous(), name
+        if name.endswith(("q_proj", "k_proj", "v_proj")):
+            continue  # below
+        if isinstance(module, torch.nn.Linear):  # more outputs than inputs: column by column
+            wide = module.out_features > module.in_features
+            assert module.weight.t().is_contiguous() == wide, name
+            assert module.weight.is_contiguous() == (not wide), name
+    for block in model.blocks:  # q, k and v: views into one stacked weight, column by column
+        attn = block.attn
+        assert attn.qkv is not None and attn.qkv[0].t().is_contiguous()
+        fused = attn.qkv[0].untyped_storage().data_ptr()
+        assert all(p.weight.untyped_storage().data_ptr() == fused
+                   for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     assert (model.lm_head.weight is model.wte.weight) == tie
     assert torch.allclose(model(tokens)[0], before, atol=1e-5)
     cache = model.new_cache(3)  # and decoding with the cache

@@ -244,15 +244,48 @@ class CausalSelfAttention(nn.Module):
         # model.qk_norm: one gain over a head's width, shared by every head (Qwen3's q_norm)
         self.q_norm = nn.RMSNorm(cfg.head_size, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_size, eps=cfg.norm_eps) if cfg.qk_norm else None
+        # (weight, bias, widths) of q, k and v as one product, once fuse_qkv ran (decoding)
+        self.qkv: tuple[Tensor, Tensor | None, list[int]] | None = None
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> bool:
+        """For a model that only decodes from now on (models/decode_layout.py): q, k and v
+        computed by one product, whose weight is the three stacked and stored column by
+        column (for one token, three reads of small matrices cost ~1.8x one read of the
+        stack); the projections' weights and biases become views into it, so nothing is
+        held twice. False, and nothing changed, where a projection is not a plain nn.Linear
+        (LoRA's adapters wrap them), its weight is not an ordinary tensor, or only some of
+        the three have a bias."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        biases = [p.bias for p in projections]
+        if (not all(type(p) is nn.Linear and type(p.weight.data) is torch.Tensor
+                    for p in projections)
+                or len({b is None for b in biases}) > 1):
+            return False
+        widths = [p.out_features for p in projections]
+        starts = [sum(widths[:i]) for i in range(3)]
+        weight = torch.cat([p.weight for p in projections]).t().contiguous().t()  # (q+2kv, C)
+        bias = None if biases[0] is None else torch.cat([b for b in biases if b is not None])
+        for p, start, width in zip(projections, starts, widths, strict=True):
+            p.weight.data = weight.narrow(0, start, width)
+            if p.bias is not None and bias is not None:
+                p.bias.data = bias.narrow(0, start, width)
+        self.qkv = (weight, bias, widths)
+        return True
 
     def forward(self, x: Tensor, *, rope: tuple[Tensor, Tensor] | None = None,
                 cache: KVCache | RowCache | None = None, layer: int = 0) -> Tensor:
         B, T, _ = x.size()
         hs = self.head_dim
+        if self.qkv is not None and not self.training:  # one product for the three
+            weight, bias, widths = self.qkv
+            q, k, v = F.linear(x, weight, bias).split(widths, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # -1 heads: all of them, or this rank's share under tensor parallelism
-        q = self.q_proj(x).view(B, T, -1, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.k_proj(x).view(B, T, -1, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.v_proj(x).view(B, T, -1, hs).transpose(1, 2)
+        q = q.view(B, T, -1, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, -1, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, -1, hs).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             # before the rotation (which keeps norms): the cache holds normalized keys
             q, k = self.q_norm(q), self.k_norm(k)

@@ -71,18 +71,18 @@ class RequestHandle:
             self._cancel = True
             self._on_cancel(self)
 
-    def _push(self, event: TokenEvent) -> None:
-        """Called by the engine's thread."""
+    def _push(self, event: TokenEvent, wakes: Wakes | None = None) -> None:
+        """Called by the engine's thread. An asyncio consumer waiting for the event is woken
+        at once, or, given `wakes`, when the engine wakes all of a step's together."""
         with self._cond:
             self._events.append(event)
             self._cond.notify()
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            loop, future = waiter
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
+            if wakes is None:
+                wake_all([waiter])
+            else:
+                wakes.append(waiter)
 
     def __iter__(self) -> Iterator[TokenEvent]:
         while not self._read_final:
@@ -112,6 +112,25 @@ class RequestHandle:
             yield event
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+Wakes = list[Waiter]
+
+
+def wake_all(waiters: Wakes) -> None:
+    """Wake the asyncio consumers waiting in `waiters`: one call_soon_threadsafe a loop, so
+    that a step of many rows costs its loop one wake-up (a write to its self-pipe and a turn
+    of the loop), not one a row."""
+    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for loop, future in waiters:
+        futures.setdefault(loop, []).append(future)
+    for loop, waiting in futures.items():
+        try:
+            loop.call_soon_threadsafe(_wake, waiting)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

@@ -103,7 +103,7 @@ PLANS: dict[str, Plan] = {
                           estimate_min=2.5, data=(SHAKESPEARE,),
                           modules=("httpx", "playwright"), browser=True),
     "shakespeare_char.py": Plan(limit_min=6, estimate_min=3, data=(SHAKESPEARE,)),
-    "time_to_loss.py": Plan(limit_min=4, estimate_min=1.5, data=(SHAKESPEARE,)),
+    "time_to_loss.py": Plan(limit_min=6, estimate_min=2.5, data=(SHAKESPEARE,)),
 }
 
 

@@ -29,6 +29,11 @@ before the first file can be handed out (0.14 s, longer while the workers import
 tenth of a 3 s job. On a large corpus they vanish, which is why the RESULT line gives the
 generated corpus's figures, and Reuters's beside them.
 
+Each run's figures say what other processes took of the cores meanwhile (CPU seconds from
+/proc/stat, less the run's own, workers included): on two cores one busy process elsewhere
+cuts tokenize+write from 5.4 to 3.5 MB/s with 2 workers and slows BPE training 1.9x
+(0.1 GB corpus), so figures taken beside it say nothing about the pipeline.
+
     python benchmarks/prepare_throughput.py [--reuters PATH] [--size-gb 1.0]   (0: Reuters only)
 
 Ends with: RESULT pipeline_mb_s=… raw_mb_s=… ratio=… two_worker_speedup=… peak_rss_mb=…
@@ -52,20 +57,40 @@ DEFAULT_REUTERS = ROOT.parent / "shared" / "data" / "reuters21578.tar.gz"
 RAW_SAMPLE_MB = 200
 
 
-def prepare(data: list[str], out: Path, *, workers: int) -> tuple[dict, float, float]:
-    """Run `lmforge prepare` in a subprocess: its report, wall time and peak RSS (MiB)."""
+def busy_cpu_s() -> float | None:
+    """CPU seconds every process on this machine has run since boot (Linux: /proc/stat's
+    non-idle jiffies), or None where that is not known."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def prepare(data: list[str], out: Path, *, workers: int) -> tuple[dict, float, float, str]:
+    """Run `lmforge prepare` in a subprocess: its report, wall time, peak RSS (MiB), and what
+    other processes took of the cores meanwhile (a busy machine, not the pipeline, is what
+    makes two workers no faster than one)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "lmforge", "prepare", "--data", *data, "--out", str(out),
            "--workers", str(workers), "--no-progress"]
+    load, busy = os.getloadavg()[0], busy_cpu_s()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     # wait4's peak RSS is that of lmforge's main process or of any worker it reaped, which
-    # ever was larger: this run's alone.
+    # ever was larger: this run's alone. Its CPU times are this run's too (workers included).
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"{' '.join(cmd)} failed")
-    return json.loads((out / "report.json").read_text()), wall, usage.ru_maxrss / 1024
+    busy_after = busy_cpu_s()
+    others = ""
+    if busy is not None and busy_after is not None:
+        cpu = max(busy_after - busy - usage.ru_utime - usage.ru_stime, 0.0)
+        others = f"; other processes {cpu:.0f} CPU-s ({cpu / wall:.2f} cores), load {load:.2f} before"
+    return json.loads((out / "report.json").read_text()), wall, usage.ru_maxrss / 1024, others
 
 
 def text_mb(report: dict) -> float:
@@ -155,13 +180,14 @@ def main() -> None:
         sys.exit(f"reuters21578.tar.gz not found at {args.reuters}; pass --reuters PATH")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    two, wall2, rss2 = prepare([str(args.reuters)], args.out / "reuters-2", workers=2)
-    one, wall1, rss1 = prepare([str(args.reuters)], args.out / "reuters-1", workers=1)
+    two, wall2, rss2, busy2 = prepare([str(args.reuters)], args.out / "reuters-2", workers=2)
+    one, wall1, rss1, busy1 = prepare([str(args.reuters)], args.out / "reuters-1", workers=1)
     raw = raw_mb_s(cleaned_texts(args.reuters), args.out / "reuters-2")
     pipe2, pipe1 = stage_mb_s(two), stage_mb_s(one)
     print(f"Reuters ({text_mb(two):.1f} MB of text): raw encode_batch {raw:.2f} MB/s; "
           f"pipeline {pipe2:.2f} MB/s with 2 workers ({stages(two)}; {wall2:.1f} s in all, "
-          f"peak RSS {rss2:.0f} MiB), {pipe1:.2f} MB/s with 1 ({stages(one)}; {wall1:.1f} s)")
+          f"peak RSS {rss2:.0f} MiB{busy2}), {pipe1:.2f} MB/s with 1 ({stages(one)}; {wall1:.1f} s"
+          f"{busy1})")
     reuters = (f"reuters_pipeline_mb_s={pipe2:.2f} reuters_raw_mb_s={raw:.2f} "
                f"reuters_ratio={pipe2 / raw:.2f} reuters_two_worker_speedup={pipe2 / pipe1:.2f}")
     if args.size_gb <= 0:  # the Reuters comparison alone
@@ -173,17 +199,18 @@ def main() -> None:
     if not corpus.exists():
         size = generate_corpus(corpus, size_gb=args.size_gb)
         print(f"generated {size / 1e9:.2f} GB of unique documents in {corpus}")
-    big2, wall_big2, rss_big2 = prepare([str(corpus)], args.out / "generated-2", workers=2)
-    big1, wall_big1, rss_big1 = prepare([str(corpus)], args.out / "generated-1", workers=1)
+    big2, wall_big2, rss_big2, busy_big2 = prepare([str(corpus)], args.out / "generated-2", workers=2)
+    big1, wall_big1, rss_big1, busy_big1 = prepare([str(corpus)], args.out / "generated-1", workers=1)
     # The raw rate on the first RAW_SAMPLE_MB of the same documents: holding all of a large
     # corpus in memory is what the pipeline avoids, and the rate is the same on a sample.
     raw_big = raw_mb_s(cleaned_texts(corpus, limit_mb=RAW_SAMPLE_MB), args.out / "generated-2")
     big_2, big_1 = stage_mb_s(big2), stage_mb_s(big1)
     print(f"generated corpus ({text_mb(big2) / 1e3:.2f} GB of text): raw encode_batch "
           f"{raw_big:.2f} MB/s (first {RAW_SAMPLE_MB} MB); pipeline {big_2:.2f} MB/s with 2 "
-          f"workers ({stages(big2)}; {wall_big2:.0f} s in all, peak RSS {rss_big2:.0f} MiB), "
+          f"workers ({stages(big2)}; {wall_big2:.0f} s in all, peak RSS {rss_big2:.0f} MiB"
+          f"{busy_big2}), "
           f"{big_1:.2f} MB/s with 1 ({stages(big1)}; {wall_big1:.0f} s, peak RSS "
-          f"{rss_big1:.0f} MiB)")
+          f"{rss_big1:.0f} MiB{busy_big1})")
     print(f"RESULT pipeline_mb_s={big_2:.2f} raw_mb_s={raw_big:.2f} ratio={big_2 / raw_big:.2f} "
           f"two_worker_speedup={big_2 / big_1:.2f} peak_rss_mb={max(rss_big1, rss_big2):.0f} "
           f"{reuters}")

@@ -48,6 +48,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
+from lmforge.train.mfu import Load, current_load, usable_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"  # where the scripts find their data by default
 SELF = Path(__file__).name
@@ -114,33 +116,8 @@ class Refusal(Exception):
 # --- the machine ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Load:
-    """The 1-minute load average against the cores this process may run on."""
-
-    average: float
-    cores: int
-
-    @property
-    def busy(self) -> bool:  # more runnable threads than cores: benchmarks share them
-        return self.average > self.cores
-
-    def __str__(self) -> str:
-        return f"load {self.average:.2f} on {self.cores} core{'s' if self.cores != 1 else ''}"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def current_load() -> Load:
-    try:
-        return Load(os.getloadavg()[0], usable_cores())
-    except (AttributeError, OSError):
-        return Load(float("nan"), usable_cores())
+# Load, current_load and usable_cores are lmforge's own (train/mfu.py), which decides by the
+# same rule whether a matmul probe ran on a busy machine.
 
 
 def _load_text(load: Load) -> str:

@@ -57,30 +57,9 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, *,
                        max_body_bytes=limits.max_body_bytes, metrics=metrics)
     app.state.metrics, app.state.gate = metrics, gate
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), err.status)
+    _answer_errors_as_openai_does(app)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
-        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(err.detail), type=kind), err.status_code)
-
-    @app.exception_handler(Exception)
-    async def server_error(_: Request, err: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return JSONResponse(error_body(f"internal error: {type(err).__name__}",
-                                       type="server_error"), 500)
-
-    def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": 0, "owned_by": "lmforge"}
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index() -> HTMLResponse:
-        shown = render(facts, max_tokens=encoder.max_new_tokens)  # a fresh nonce each time
-        return HTMLResponse(shown.html, headers={
-            "Content-Security-Policy": shown.csp, "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
+    _add_page_route(app, facts, encoder)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -91,15 +70,7 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, *,
     async def prometheus() -> Response:
         return Response(metrics.text(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str) -> dict[str, Any]:
-        if name != model_name:
-            raise unknown_model(name, model_name)
-        return model_card()
+    _add_model_routes(app, model_name)
 
     async def read(request: Request, schema: type[Body]) -> Body:
         body = parse(schema, await request.body())
@@ -124,3 +95,50 @@ def create_app(engine: Engine, tokenizer: Tokenizer, model_name: str, *,
                                         body, start)
 
     return app
+
+
+def _answer_errors_as_openai_does(app: FastAPI) -> None:
+    """Every failure as an error body in OpenAI's shape, with its status."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(err.body(), err.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(err.detail), type=kind), err.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, err: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse(error_body(f"internal error: {type(err).__name__}",
+                                       type="server_error"), 500)
+
+
+def _add_model_routes(app: FastAPI, model_name: str) -> None:
+    """GET /v1/models and /v1/models/NAME: the one model served, by the run's name."""
+
+    def model_card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": 0, "owned_by": "lmforge"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        if name != model_name:
+            raise unknown_model(name, model_name)
+        return model_card()
+
+
+def _add_page_route(app: FastAPI, facts: PageFacts, encoder: Encoder) -> None:
+    """GET /: the page where a person tries the model (page.py)."""
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        shown = render(facts, max_tokens=encoder.max_new_tokens)  # a fresh nonce each time
+        return HTMLResponse(shown.html, headers={
+            "Content-Security-Policy": shown.csp, "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})

@@ -24,13 +24,9 @@ the rows in use stay at the front and a step slices the cache without gathering 
 recurrent model's rows are the batch rows of its state, handled the same way.
 
 Determinism: each request samples with a torch.Generator of its own, seeded with its seed,
-from the probabilities generate.sample_next computes (rows with the same temperature, top-k
-and top-p filtered together: every step of the filter works row by row), one uniform number
-of its own generator a token (generate.draw, one search for the rows together), exactly as
-`lmforge generate` samples one sequence; so a request's
-tokens do not depend on what else runs beside it (up to the floating-point rounding of a
-batched matrix product, which can flip a near tie). Greedy rows are decided with one argmax
-for the whole batch.
+one uniform number a token (rows.sample_rows), exactly as `lmforge generate` samples one
+sequence; so a request's tokens do not depend on what else runs beside it (up to the
+floating-point rounding of a batched matrix product, which can flip a near tie).
 
 Context (GPT): a request never runs past block_size positions. A prompt longer than
 block_size - max_tokens + 1 tokens is cropped to its last that many tokens (as `lmforge
@@ -41,16 +37,14 @@ tokens kept. Recurrent models have no window: nothing is cropped.
 End of a request: at max_tokens (the last token's event carries finish_reason "length"), at
 the end-of-text token (an event with token_id None, finish_reason "stop": the eot token is
 not part of the output and not counted in completion_tokens; with SamplingParams.ignore_eos
-it is a token like the others), at cancel ("cancelled", at the
-next step), or when its forward or sampling fails ("error", handle.error says why; the
-engine goes on with the others). Every request gets exactly one final event.
+it is a token like the others), at cancel ("cancelled", at the next step), or when its
+forward or sampling fails ("error", handle.error says why; the engine goes on with the
+others). Every request gets exactly one final event.
 
 Threads: `start` runs the steps on a background thread; `submit`, `cancel` and the
 iterators are safe from any thread (and `events` from an asyncio loop). Without `start`,
-`step` can be called directly (tests drive the engine step by step). On a CPU a step with
-little to compute runs on one of torch's threads, one with more on all of those torch had
-when the engine was made (torch's setting is the process's: stop() puts it back). The
-engine owns the model from then on: it switches it to eval mode, stores its weights for
+`step` can be called directly (tests drive the engine step by step). On a CPU a step runs
+on as many of torch's threads as it is worth (threads.py). The engine owns the model from then on: it switches it to eval mode, stores its weights for
 decoding (models/decode_layout.py: no value changes) and runs it under
 torch.inference_mode().
 """
@@ -66,8 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmforge.errors import LmforgeError
-from lmforge.generate import NONFINITE, draw, sample_next, sampling_problem, sampling_probs
+from lmforge.generate import sampling_problem
 from lmforge.models.decode_layout import use_decode_layout
 from lmforge.models.gpt import GPT
 from lmforge.models.layers import KVCache, RowCache
@@ -82,40 +75,21 @@ from lmforge.serve.requests import (
     Wakes,
     wake_all,
 )
+from lmforge.serve.rows import (
+    DONE,
+    PREFILL,
+    QUEUED,
+    RUNNING,
+    EngineRequest,
+    add_row,
+    drop_row,
+    sample_first,
+    sample_rows,
+)
+from lmforge.serve.threads import StepThreads
 
 __all__ = ["Engine", "EngineStopped", "QueueFull", "RequestHandle", "SamplingParams",
            "TokenEvent"]
-
-# where a request is
-QUEUED, PREFILL, RUNNING, DONE = range(4)
-SERIAL_WORK = 4  # rows plus prompt tokens of a step that one CPU thread computes best
-
-
-class _Request:
-    """The engine's side of a request (touched by the stepping thread only)."""
-
-    __slots__ = ("handle", "prompt", "max_tokens", "greedy", "key", "sampling", "logprobs",
-                 "ends", "generator", "where", "done", "state", "row", "last", "produced")
-
-    def __init__(self, handle: RequestHandle, prompt: list[int], params: SamplingParams,
-                 generator: torch.Generator) -> None:
-        self.handle = handle
-        self.prompt = prompt
-        self.max_tokens = params.max_tokens
-        self.greedy = params.temperature == 0
-        # what decides a sampled row's distribution: rows alike are filtered together
-        self.key = None if self.greedy else (params.temperature, params.top_k, params.top_p)
-        self.sampling: dict[str, Any] = dict(temperature=params.temperature, top_k=params.top_k,
-                             top_p=params.top_p, generator=generator)
-        self.logprobs = params.logprobs
-        self.ends = not params.ignore_eos  # the end-of-text token ends it
-        self.generator = generator
-        self.where = QUEUED
-        self.done = 0  # prompt tokens prefilled
-        self.state: Any = None  # while prefilling: its one-row KVCache or recurrent state
-        self.row = -1  # while running: its row of the batch
-        self.last = 0  # the newest token, the next step's input
-        self.produced = 0
 
 
 class Engine:
@@ -145,12 +119,12 @@ class Engine:
         self._cache: RowCache | None = (None if self._gpt is None
                                         else self._gpt.new_row_cache(max_batch, device=self.device))
         self._state: Any = None
-        self._rows: list[_Request] = []
-        self._prefilling: list[_Request] = []
+        self._rows: list[EngineRequest] = []
+        self._prefilling: list[EngineRequest] = []
         self._spare: list[KVCache] = []  # one-row prefill caches, reused
-        self._queue: deque[_Request] = deque()
-        self._cancels: deque[_Request] = deque()
-        self._requests: dict[int, _Request] = {}  # id(handle) -> request, until it ends
+        self._queue: deque[EngineRequest] = deque()
+        self._cancels: deque[EngineRequest] = deque()
+        self._requests: dict[int, EngineRequest] = {}  # id(handle) -> request, until it ends
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._inflight = 0  # submitted and not yet finished
@@ -160,10 +134,7 @@ class Engine:
         self._seeds = random.Random(seed)
         self.steps = 0  # steps run, for tests and statistics
         self.last_error: str | None = None
-        # CPU threads: all of torch's for a step with much to compute, one for a few rows
-        # (see _threads_for)
-        self.threads = torch.get_num_threads()
-        self._threads_now = self.threads
+        self.threads = StepThreads(torch.get_num_threads())
         self._wakes: Wakes | None = None  # during a step: the consumers to wake at its end
 
     # ------------------------------------------------------------------------ stats
@@ -219,7 +190,7 @@ class Engine:
             handle = RequestHandle(self._cancel_requested, len(prompt), seed)
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed)
-            request = _Request(handle, prompt, params, generator)
+            request = EngineRequest(handle, prompt, params, generator)
             self._requests[id(handle)] = request
             self._queue.append(request)
             self._inflight += 1
@@ -287,7 +258,7 @@ class Engine:
         self._prefilling.clear()
         self._rows.clear()
         self._state = None
-        self._use_threads(self.threads)  # as the engine found them
+        self.threads.use(self.threads.most)  # as the engine found them
 
     def step(self) -> bool:
         """One step: admit, prefill, decode. True while requests remain in flight. The
@@ -297,7 +268,9 @@ class Engine:
             with torch.inference_mode():
                 self._admit()
                 if self.device.type == "cpu":
-                    self._use_threads(self._threads_for())
+                    work = len(self._rows) + sum(len(r.prompt) - r.done
+                                                 for r in self._prefilling)
+                    self.threads.use(self.threads.worth(work))
                 if self._prefilling:
                     self._prefill()
                 if self._rows:
@@ -307,21 +280,6 @@ class Engine:
             wake_all(wakes)
         self.steps += 1
         return self._inflight > 0
-
-    def _threads_for(self) -> int:
-        """The threads this step's products are worth. A few rows of one token each are
-        bound by reading the weights from memory, which a second thread does not speed up,
-        while its start and its spinning afterwards take the core that the server's event
-        loop needs (one stream of the default model: ~400 tokens/s through the server on one
-        thread, ~260 on two); many rows, or prompt tokens, are arithmetic, which threads
-        divide (16 streams: ~1.5x on two)."""
-        work = len(self._rows) + sum(len(r.prompt) - r.done for r in self._prefilling)
-        return 1 if work <= SERIAL_WORK else self.threads
-
-    def _use_threads(self, threads: int) -> None:
-        if threads != self._threads_now:  # a change costs ~0.1 ms: only when the regime does
-            torch.set_num_threads(threads)
-            self._threads_now = threads
 
     # ------------------------------------------------------------------------ a step's parts
 
@@ -374,7 +332,7 @@ class Engine:
                 else:  # the output layer only where a token is sampled
                     hidden = self._gpt.hidden(chunk, request.state)  # (1, take, C)
                     logits = self._gpt.logits(hidden[:, -1]) if last else None
-                token, logprob = (self._sample_one(request, logits[0]) if last and logits is not None
+                token, logprob = (sample_first(request, logits[0]) if last and logits is not None
                                   else (0, None))
             except Exception as err:
                 self._prefilling.remove(request)
@@ -405,30 +363,7 @@ class Engine:
                 self._fail(request, err)
             return
         logits = out[:, -1]  # (n, V)
-        chosen: list[int] = logits.argmax(dim=-1).tolist()  # greedy rows: one argmax for all
-        failed: dict[int, Exception] = {}
-        groups: dict[tuple[float, int, float], list[int]] = {}  # rows sampled alike
-        for i, request in enumerate(rows):
-            if request.key is not None:
-                groups.setdefault(request.key, []).append(i)
-        for (temperature, top_k, top_p), index in groups.items():
-            # each row's probabilities as sample_next computes them for that row alone, then
-            # a draw with the row's own generator
-            probs = sampling_probs(logits if len(index) == n else logits[index],
-                                   temperature=temperature, top_k=top_k, top_p=top_p)
-            finite = torch.isfinite(probs).all(dim=-1)  # (k,)
-            uniforms = torch.cat([torch.rand(1, generator=rows[i].generator, device=self.device)
-                                  for i in index])  # (k,): one number of each row's own
-            drawn = draw(probs.nan_to_num(), uniforms).tolist()
-            for j, (i, ok) in enumerate(zip(index, finite.tolist(), strict=True)):
-                if ok:
-                    chosen[i] = drawn[j]
-                else:  # this row only
-                    failed[i] = LmforgeError(NONFINITE)
-        logprobs: list[float] | None = None
-        if any(r.logprobs for r in rows):
-            picked = torch.tensor(chosen, device=self.device)[:, None]
-            logprobs = logits.float().log_softmax(dim=-1).gather(1, picked)[:, 0].tolist()
+        chosen, failed, logprobs = sample_rows(logits, rows)
         for i in range(n - 1, -1, -1):  # from the end: a leaving row's place takes the last
             request = rows[i]
             if i in failed:
@@ -438,16 +373,7 @@ class Engine:
                             logprobs[i] if logprobs is not None and request.logprobs else None):
                 self._leave(i)
 
-    def _sample_one(self, request: _Request, logits: Tensor) -> tuple[int, float | None]:
-        """The first token, from the prompt's last logits (V,)."""
-        row = logits[None]  # (1, V)
-        token = int(row.argmax(dim=-1)[0]) if request.greedy else int(
-            sample_next(row, **request.sampling)[0])
-        logprob = (float(logits.float().log_softmax(dim=-1)[token]) if request.logprobs
-                   else None)
-        return token, logprob
-
-    def _emit(self, request: _Request, token: int, logprob: float | None) -> bool:
+    def _emit(self, request: EngineRequest, token: int, logprob: float | None) -> bool:
         """Hand a sampled token to the request; True when that ends it."""
         if token == self.eot_id and request.ends:
             self._finish(request, TokenEvent(None, None, "stop"))
@@ -463,20 +389,14 @@ class Engine:
 
     # ------------------------------------------------------------------------ rows
 
-    def _join(self, request: _Request) -> None:
+    def _join(self, request: EngineRequest) -> None:
         """A prefilled request becomes decoding row n."""
         n = len(self._rows)
         if self._cache is not None:
             self._cache.load(n, request.state)
             self._release(request)
         else:
-            state = request.state
-            if self._state is None:
-                self._state = state
-            elif isinstance(state, tuple):
-                self._state = tuple(torch.cat((a, b), dim=1) for a, b in zip(self._state, state, strict=True))
-            else:
-                self._state = torch.cat((self._state, state), dim=1)
+            self._state = add_row(self._state, request.state)
             request.state = None
         request.where, request.row = RUNNING, n
         self._rows.append(request)
@@ -492,9 +412,9 @@ class Engine:
                 self._cache.move(last, i)
         rows.pop()
         if self.recurrent:
-            self._state = _drop_row(self._state, i, last) if rows else None
+            self._state = drop_row(self._state, i, last) if rows else None
 
-    def _release(self, request: _Request) -> None:
+    def _release(self, request: EngineRequest) -> None:
         """Give back a request's one-row prefill cache."""
         if isinstance(request.state, KVCache):
             self._spare.append(request.state)
@@ -502,7 +422,7 @@ class Engine:
 
     # ------------------------------------------------------------------------ endings
 
-    def _finish(self, request: _Request, event: TokenEvent) -> None:
+    def _finish(self, request: EngineRequest, event: TokenEvent) -> None:
         if request.where == DONE:
             return
         request.where = DONE
@@ -514,7 +434,7 @@ class Engine:
             if self._inflight == 0:
                 self._cond.notify_all()
 
-    def _fail(self, request: _Request, err: Exception) -> None:
+    def _fail(self, request: EngineRequest, err: Exception) -> None:
         request.handle.error = f"{type(err).__name__}: {err}"
         self.last_error = request.handle.error
         self._finish(request, TokenEvent(None, None, "error"))
@@ -526,15 +446,3 @@ class Engine:
         self._prefilling.clear()
         self._rows.clear()
         self._state = None
-
-
-def _drop_row(state: Any, i: int, last: int) -> Any:
-    """A recurrent state (L, B, C), or an LSTM's pair of them, without row i: the last row
-    moves into its place."""
-    parts = state if isinstance(state, tuple) else (state,)
-    kept = []
-    for part in parts:
-        if i != last:
-            part[:, i] = part[:, last]
-        kept.append(part[:, :last].contiguous())
-    return tuple(kept) if isinstance(state, tuple) else kept[0]

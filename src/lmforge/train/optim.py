@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lmforge.config import OptimConfig
 from lmforge.errors import ConfigError
+from lmforge.train.muon import StackedMuon
 
 # Layers that read tokens in or write scores out, by their attribute name (GPT's and the
 # recurrent models' lm_head, a task's head); with nn.Embedding, the layers Muon leaves to
@@ -69,9 +70,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str,
     if not any(id(p) in hidden for p in params):
         raise ConfigError("optim.name=muon: this model trains no hidden weight matrices for "
                           "Muon to take; use optim.name=adamw")
-    muon = torch.optim.Muon([p for p in params if id(p) in hidden], lr=cfg.muon_lr,
-                            momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
-                            nesterov=True, adjust_lr_fn=cfg.muon_adjust_lr)
+    muon = StackedMuon([p for p in params if id(p) in hidden], lr=cfg.muon_lr,
+                       momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
+                       nesterov=True, adjust_lr_fn=cfg.muon_adjust_lr)
     rest = _adamw([p for p in params if id(p) not in hidden], cfg, device_type=device_type,
                   fused=fused)
     return MuonAdamW(rest, muon, peak_lr=cfg.lr, muon_lr=cfg.muon_lr)

@@ -227,7 +227,8 @@ class TrainConfig:
                                          "to samples-rankN.jsonl in the run directory, to audit "
                                          "data order.")
     report: bool = option(True, "Write RUN/report.html (figures, config, data, samples, "
-                                "checkpoints) when training ends; `lmforge report RUN` redoes it.")
+                                "checkpoints) and RUN/loss.png when training ends; `lmforge "
+                                "report RUN` makes the report afterwards.")
     peak_tflops: float = option(0.0, "Peak TFLOP/s of one device, for model FLOPs utilization "
                                      "(MFU); 0: the datasheet figure of known GPUs, else a "
                                      "matrix-multiply probe measured once and cached.")

@@ -414,7 +414,7 @@ class Trainer:
         c = self.counters
         elapsed = time.perf_counter() - clock.start
         self._record_memory()
-        if self.info.is_main:
+        if self.info.is_main and self.cfg.train.report:  # matplotlib: ~0.7 s of the command
             plot_losses(self.metrics.read(), self.run.loss_plot, title=str(self.run))
         if signum:
             log(f"stopped at step {c.step} on {signal.Signals(signum).name} after "

@@ -1,5 +1,5 @@
 """What the benchmarks on character-level tinyshakespeare share: the repository root, the
-default corpus, running the lmforge CLI as a subprocess, and preparing the corpus once."""
+default corpus, running the lmforge CLI as a subprocess, and preparing a corpus once."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ def prepare_char(data: Path, out: Path) -> Path:
     """tinyshakespeare at `data`, prepared at character level into OUT/shakespeare_char."""
     if not data.is_file():
         sys.exit(f"tinyshakespeare.txt not found at {data}; pass --data PATH")
-    dataset = out / "shakespeare_char"
-    lmforge("prepare", "--data", str(data), "--tokenizer", "char", "--out", str(dataset),
+    return prepare_char_text(data, out, "shakespeare_char")
+
+
+def prepare_char_text(text_file: Path, out: Path, name: str) -> Path:
+    """One text file prepared at character level into OUT/NAME (a single file is split by
+    position, first 90% train, as nanoGPT does)."""
+    dataset = out / name
+    lmforge("prepare", "--data", str(text_file), "--tokenizer", "char", "--out", str(dataset),
             "--no-progress", capture=True)
     return dataset

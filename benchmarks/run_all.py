@@ -76,6 +76,10 @@ class Plan:
 
 SHAKESPEARE, REUTERS = "tinyshakespeare.txt", "reuters21578.tar.gz"
 PLANS: dict[str, Plan] = {
+    # the defaults take ~9.5 minutes (nanoGPT's recipe and the 3 fast ones on 3 corpora); here
+    # the stdlib corpus with the fastest GPT and the GRU, beside nanoGPT's recipe: ~2.5 minutes
+    "carry_over.py": Plan(("--corpora", "python", "--recipes", "gpt_muon_fast,gru_char_fast"),
+                          limit_min=6, estimate_min=2.5),
     "common.py": Plan(helper="what the tinyshakespeare benchmarks share"),
     "hostile.py": Plan(helper="the hostile-input suite, run by faults.py"),
     # the defaults: 3 kills each of a GPT and an LSTM run, the hostile suite
@@ -97,7 +101,7 @@ PLANS: dict[str, Plan] = {
     "reuters.py": Plan(("--pretrain-steps", "150", "--finetune-steps", "150", "--sft-steps",
                         "100", "--headline-stories", "100"), limit_min=9, estimate_min=4.5,
                        data=(REUTERS,), modules=("sklearn", "rouge_score")),
-    "serve.py": Plan(("--repeats", "3"), limit_min=9, estimate_min=4,
+    "serve.py": Plan(("--repeats", "3"), limit_min=9, estimate_min=3,
                      modules=("httpx", "transformers")),
     "serve_engine.py": Plan(limit_min=3, estimate_min=0.5),
     # its screenshot among the run's outputs, not over the one benchmarks/results/ keeps

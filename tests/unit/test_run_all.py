@@ -134,4 +134,4 @@ def test_every_script_here_has_a_plan_that_fits_the_budget():
     missing = [s for s in scripts if s not in run_all.PLANS]
     assert not missing, f"add to PLANS in run_all.py: {missing}"
     estimate = sum(p.estimate_min or 0 for p in run_all.PLANS.values() if not p.gpu)
-    assert estimate <= 40  # minutes on a quiet 2-core CPU, so the whole run stays under 45
+    assert estimate <= 42  # minutes on a quiet 2-core CPU, so the whole run stays under 45

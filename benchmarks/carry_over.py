@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from common import DEFAULT_DATA, ROOT, lmforge, prepare_char_text
-from time_to_loss import GPT, YARDSTICK, records, train
+from time_to_loss import YARDSTICK, fast_recipes, records, train
 
 from lmforge.data import reuters
 from lmforge.data.formats import SourceStats, open_stream
@@ -231,12 +231,6 @@ def chosen(value: str, known: list[str], option: str) -> list[str]:
         what = f"no such name: {', '.join(unknown)}" if unknown else "give at least one name"
         sys.exit(f"{option}: {what} (have: {', '.join(known)})")
     return [k for k in known if k in names]
-
-
-def fast_recipes() -> list[str]:
-    """The GPT recipe first, then every other configs/*_fast.toml by name."""
-    others = sorted(p.stem for p in (ROOT / "configs").glob("*_fast.toml") if p.stem != GPT)
-    return [GPT, *others]
 
 
 def arguments() -> argparse.Namespace:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from lmforge.config import ModelConfig
 from lmforge.config_checks import FLOAT, MIN_TEMPERATURE, model_params, sampling_bytes
 from lmforge.errors import LmforgeError
+from lmforge.threads import StepThreads
 
 
 def sampling_problem(*, temperature: float, top_k: int, top_p: float) -> str | None:
@@ -137,29 +138,35 @@ def _stream(model: nn.Module, prompt: Tensor, *, max_new_tokens: int, use_cache:
     in_state = 0  # tokens the state has seen
     was_training = model.training
     model.eval()
+    # a step of a few new tokens on one CPU thread, a longer one on all (threads.py)
+    threads = StepThreads(torch.get_num_threads()) if prompt.device.type == "cpu" else None
     try:
         for _ in range(max_new_tokens):
             # inference mode per step, not across the yield: the caller's code between
             # steps must not run under it
             with torch.inference_mode():
                 full = bool(block_size) and in_state >= block_size
-                if use_cache and state is not None and not full:
-                    logits, state = model(context[:, -1:], state)  # (B, 1, V): the newest token
-                    in_state += 1
+                cached_step = use_cache and state is not None and not full
+                if cached_step:
+                    step = context[:, -1:]  # (B, 1): the newest token
                 else:  # first step, no cache, a model without state, or a full cache
                     new_cache = getattr(model, "new_cache", None) if use_cache else None
                     cached = new_cache is not None
-                    window = context[:, -max(1, block_size // 2):] if cached and full else context
-                    fresh = new_cache(window.size(0)) if new_cache is not None else None
-                    logits, state = model(window, fresh)  # (B, T, V)
-                    state = state if use_cache else None
-                    in_state = window.size(1)
+                    step = context[:, -max(1, block_size // 2):] if cached and full else context
+                    state = new_cache(step.size(0)) if new_cache is not None else None
+                if threads is not None:
+                    threads.use(threads.worth(step.numel()))
+                logits, state = model(step, state)  # (B, T, V)
+                state = state if use_cache else None
+                in_state = in_state + 1 if cached_step else step.size(1)
                 token = sample_next(logits[:, -1], **sampling)  # (B,)
             context = torch.cat((context, token[:, None]), dim=1)
             if block_size:
                 context = context[:, -block_size:]
             yield token
     finally:
+        if threads is not None:
+            threads.use(threads.most)
         model.train(was_training)
 
 

@@ -166,6 +166,25 @@ def test_streams_and_restores_training_mode():
     assert model.training
 
 
+def test_few_new_tokens_decode_on_one_thread_and_the_setting_comes_back():
+    """A step of one token per sequence is bound by memory reads, which a second CPU thread
+    does not speed up (threads.py); the prompt's step uses every thread, and the process's
+    setting is restored when the stream ends, even part way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model, seen = model64(), []
+        model.register_forward_pre_hook(lambda m, args: seen.append(
+            (args[0].numel(), torch.get_num_threads())))
+        prompt = torch.zeros(1, 8, dtype=torch.long)
+        stream = generate_tokens(model, prompt, max_new_tokens=3)
+        next(stream), next(stream)
+        stream.close()
+        assert seen == [(8, 2), (1, 1)] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 class TinyGRU(nn.Module):
     """A recurrent model that carries its hidden state, with no cache and no block size."""
 

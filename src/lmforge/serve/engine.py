@@ -86,7 +86,7 @@ from lmforge.serve.rows import (
     sample_first,
     sample_rows,
 )
-from lmforge.serve.threads import StepThreads
+from lmforge.threads import StepThreads
 
 __all__ = ["Engine", "EngineStopped", "QueueFull", "RequestHandle", "SamplingParams",
            "TokenEvent"]

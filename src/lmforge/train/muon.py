@@ -71,7 +71,7 @@ class StackedMuon(torch.optim.Muon):
         buffers: list[Tensor] = []
         self._init_group(group, params, grads, buffers)
         momentum = group["momentum"]
-        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         updates = []
         for i, (grad, buffer) in enumerate(zip(grads, buffers, strict=True)):
             buffer.lerp_(grad, 1 - momentum)

@@ -1,4 +1,4 @@
-"""How many CPU threads a step of the serving engine runs on."""
+"""How many CPU threads a decoding step runs on (the serving engine's and generate_tokens')."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class StepThreads:
     core that the server's event loop needs (one stream of the default model: ~400 tokens/s
     through the server on one thread, ~260 on two); many rows, or prompt tokens, are
     arithmetic, which threads divide (16 streams: ~1.5x on two). torch's setting is the
-    process's, so the engine puts `most` back when it stops.
+    process's, so the engine and generate_tokens put `most` back when they stop.
     """
 
     def __init__(self, most: int) -> None:

@@ -217,6 +217,7 @@ def validate(cfg: Config) -> None:
                           "(above 0, at most 1024)")
     validate_lora(cfg)
     validate_speedrun(cfg)
+    _validate_warmups(cfg)
     validate_log(cfg.log)
     validate_data(cfg.data, cfg.tokenizer, cfg.clean)
     t, e = cfg.train, cfg.eval
@@ -265,6 +266,30 @@ def validate_speedrun(cfg: Config) -> None:
     if cfg.optim.name == "muon" and cfg.lora.r:
         raise ConfigError(f"optim.name=muon with lora.r={cfg.lora.r}: LoRA's adapters train "
                           "with AdamW in lmforge; use optim.name=adamw")
+
+
+def _validate_warmups(cfg: Config) -> None:
+    """train.batch_warmup_* and train.seq_warmup_*: language modeling with a Transformer,
+    starting below the full size."""
+    t = cfg.train
+    asked = [key for key, steps in (("train.batch_warmup_steps", t.batch_warmup_steps),
+                                    ("train.seq_warmup_steps", t.seq_warmup_steps)) if steps]
+    if not asked:
+        return
+    if cfg.model.arch != "gpt":
+        raise ConfigError(f"{asked[0]}={getattr(t, asked[0][6:])} with model.arch="
+                          f"{cfg.model.arch}: a recurrent model's streams go on from step to "
+                          "step at a fixed batch and chunk length; set it to 0")
+    if cfg.task.kind != "lm":
+        raise ConfigError(f"{asked[0]} warms up language modeling, not task.kind="
+                          f"{cfg.task.kind}; set it to 0")
+    for key, start, full, name in (
+            ("train.batch_warmup_start", t.batch_warmup_start, t.batch_size, "train.batch_size"),
+            ("train.seq_warmup_start", t.seq_warmup_start, cfg.model.block_size,
+             "model.block_size")):
+        if start > full:
+            raise ConfigError(f"{key}={start} is above {name}={full}, where the warm-up ends; "
+                              f"start at or below it (0: a quarter of it)")
 
 
 def validate_log(log: LogConfig) -> None:

@@ -229,6 +229,16 @@ class TrainConfig:
     report: bool = option(True, "Write RUN/report.html (figures, config, data, samples, "
                                 "checkpoints) and RUN/loss.png when training ends; `lmforge "
                                 "report RUN` makes the report afterwards.")
+    batch_warmup_steps: int = option(0, "Grow the batch linearly from train.batch_warmup_start "
+                                        "sequences to train.batch_size over this many steps "
+                                        "(0: the full batch from the start).")
+    batch_warmup_start: int = option(0, "First batch of that warm-up (0: a quarter of "
+                                        "train.batch_size).")
+    seq_warmup_steps: int = option(0, "Grow the training sequence length linearly from "
+                                      "train.seq_warmup_start tokens to model.block_size over "
+                                      "this many steps (0: full windows from the start).")
+    seq_warmup_start: int = option(0, "First sequence length of that warm-up (0: a quarter of "
+                                      "model.block_size).")
     peak_tflops: float = option(0.0, "Peak TFLOP/s of one device, for model FLOPs utilization "
                                      "(MFU); 0: the datasheet figure of known GPUs, else a "
                                      "matrix-multiply probe measured once and cached.")

@@ -73,8 +73,10 @@ def bench(recipe: str | None, *, overrides: dict[str, str], steps: int,
         raise LmforgeError(f"--steps must be at least 1, got {steps}")
     if warmup < 0:
         raise LmforgeError(f"--warmup must be 0 or more, got {warmup}")
-    cfg = load_config(recipe, {**overrides, "log.to": "none", "train.report": "false",
-                               "train.progress": "false"})
+    # the steady state: a batch or sequence-length warm-up would time shorter steps
+    cfg = load_config(recipe, {**overrides, "train.batch_warmup_steps": "0",
+                               "train.seq_warmup_steps": "0", "log.to": "none",
+                               "train.report": "false", "train.progress": "false"})
     cfg.train.max_steps = max(cfg.train.max_steps, warmup + steps)  # the schedule's horizon
     ensure_dataset(cfg, log=log)
     log(f"benchmarking {recipe or 'default'}: {warmup} warm-up steps, then {steps} timed")

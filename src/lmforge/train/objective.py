@@ -33,6 +33,7 @@ from lmforge.evaluate import cross_entropy, split_loss, summarize
 from lmforge.models import LanguageModel
 from lmforge.models.rnn import RecurrentLM
 from lmforge.train.metrics import MetricsLog
+from lmforge.train.ramps import Warmup
 from lmforge.train.streams import StreamStates
 
 
@@ -100,7 +101,7 @@ class LanguageModeling(Objective):
                  batch_size: int, block_size: int, seed: int, grad_accum: int,
                  eval_batch_size: int, eval_batches: int, info: DistInfo,
                  device: torch.device, autocast: Callable[[], Any],
-                 samples_log: MetricsLog | None = None) -> None:
+                 samples_log: MetricsLog | None = None, warmup: Warmup | None = None) -> None:
         self.recurrent = isinstance(model, RecurrentLM)
         loader = Streams if self.recurrent else RandomWindows
         self.train_data = loader(shards.open_split(data_dir, "train"), batch_size=batch_size,
@@ -117,6 +118,8 @@ class LanguageModeling(Objective):
         self.samples_log = samples_log  # the windows each step reads (train.record_samples)
         self.global_batch = self.train_data.global_batch
         self.tokens_per_step = self.global_batch * block_size
+        # a recurrent model's streams go on from step to step: config checks refuse a warm-up
+        self.warmup = warmup if warmup is not None and warmup.active else None
 
     def micro_loss(self, model: nn.Module, micro: int) -> tuple[torch.Tensor, int]:
         step = self.train_data.step
@@ -124,6 +127,8 @@ class LanguageModeling(Objective):
         if self.samples_log is not None:
             self.samples_log.write({"step": step, "micro": micro, "starts": starts.tolist()})
         x, y = self.train_data.windows(starts)
+        if self.warmup is not None:
+            x, y = self.warmup.cut(x, y, step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.streams is not None:
             logits, state = model(x, self.streams.incoming(micro, starts))

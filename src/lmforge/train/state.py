@@ -38,14 +38,16 @@ class Clock:
     """Time and throughput of one call of `fit`."""
 
     first_step: int
+    first_tokens: int  # Counters.tokens when this call began
     start: float
     deadline: float
-    tokens_per_step: int
     step_time: float = 0.0  # in training steps only: tokens/s leaves out evaluation and saves
     startup: float | None = None
     last_recorded: int = -1  # the last step with a train record
     loss: float = math.nan  # of the last step
     norm: float = math.nan
 
-    def tokens_per_s(self, step: int) -> float:
-        return (step - self.first_step) * self.tokens_per_step / max(self.step_time, 1e-9)
+    def tokens_per_s(self, tokens: int) -> float:
+        """`tokens` is Counters.tokens now: the tokens trained, not steps times a nominal
+        batch, which a warm-up of the batch or the sequence length makes smaller."""
+        return (tokens - self.first_tokens) / max(self.step_time, 1e-9)

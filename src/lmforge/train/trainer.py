@@ -58,6 +58,7 @@ from lmforge.train.objective import Evaluation, LanguageModeling, Objective, bit
 from lmforge.train.optim import build_optimizer, lr_at, set_lr
 from lmforge.train.preemption import Preemption
 from lmforge.train.profiling import StepProfiler
+from lmforge.train.ramps import Warmup
 from lmforge.train.sampling import draw_samples
 from lmforge.train.state import Clock, Counters, FitResult
 from lmforge.train.trackers import Trackers
@@ -105,7 +106,12 @@ class Trainer:
             block_size=cfg.model.block_size, seed=cfg.run.seed, grad_accum=cfg.train.grad_accum,
             eval_batch_size=cfg.eval.batch_size or cfg.train.batch_size,
             eval_batches=cfg.eval.batches, info=info, device=self.device,
-            autocast=self.autocast, samples_log=samples_log)
+            autocast=self.autocast, samples_log=samples_log,
+            warmup=Warmup.of(batch_size=cfg.train.batch_size, block_size=cfg.model.block_size,
+                             batch_steps=cfg.train.batch_warmup_steps,
+                             batch_start=cfg.train.batch_warmup_start,
+                             length_steps=cfg.train.seq_warmup_steps,
+                             length_start=cfg.train.seq_warmup_start))
         self.utilization = mfu.Utilization(
             device=self.device, dtype=self.compute_dtype, flops_per_token=self.flops_per_token,
             devices=info.world_size, configured_tflops=cfg.train.peak_tflops, report=info.is_main)
@@ -314,9 +320,8 @@ class Trainer:
         if peak:
             log(peak)
         start = self._start = time.perf_counter()
-        clock = Clock(first_step=c.step, start=start,
-                       deadline=start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf,
-                       tokens_per_step=self.objective.tokens_per_step)
+        clock = Clock(first_step=c.step, first_tokens=c.tokens, start=start,
+                      deadline=start + t.max_minutes * 60 if t.max_minutes > 0 else math.inf)
         progress = TrainProgress(max_steps=t.max_steps, first_step=c.step,
                                  max_minutes=t.max_minutes, log_every=t.log_every,
                                  enabled=t.progress)
@@ -372,7 +377,7 @@ class Trainer:
             if c.step % cfg.train.log_every == 0 or c.step == cfg.train.max_steps \
                     or c.nonfinite_in_a_row:
                 self._write_train_record(clock, now)
-            tok_s = clock.tokens_per_s(c.step)
+            tok_s = clock.tokens_per_s(c.tokens)
             progress.update(c.step, loss=clock.loss, elapsed=now - clock.start,
                             tokens_per_s=tok_s, lr=self.optimizer.param_groups[0]["lr"],
                             mfu=self.utilization.of(tok_s))
@@ -396,7 +401,7 @@ class Trainer:
 
     def _write_train_record(self, clock: Clock, now: float) -> None:
         c = self.counters
-        tok_s = clock.tokens_per_s(c.step)
+        tok_s = clock.tokens_per_s(c.tokens)
         record: dict[str, Any] = {
             "kind": "train", "step": c.step, "loss": clock.loss, "grad_norm": clock.norm,
             "lr": self.optimizer.param_groups[0]["lr"], "tokens": c.tokens,
@@ -425,7 +430,7 @@ class Trainer:
             best = f"best {name}" if custom else f"best val loss {c.best_val:.4f}"
             log(f"stopped at step {c.step} ({stopped}) after {elapsed:.1f}s; {best} at step "
                 f"{c.best_step}; run saved in {self.run}")
-        tok_s = clock.tokens_per_s(c.step)
+        tok_s = clock.tokens_per_s(c.tokens)
         note = self.utilization.check(tok_s)
         if note:
             log(note)

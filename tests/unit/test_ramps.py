@@ -6,7 +6,7 @@ from helpers import losses, records, resumed_at
 from helpers import tiny_config as shared_config
 from helpers import trainer as make_trainer
 
-from lmforge.train.ramps import Ramp, Warmup
+from lmforge.train.ramps import Ramp, Warmup, steps_for_tokens
 
 SETTINGS = {"train.log_every": "1", "eval.every": "0", "train.precision": "fp32",
             "model.dropout": "0.0", "train.batch_size": "16", "model.block_size": "32"}
@@ -70,3 +70,16 @@ def test_warmups_that_cannot_apply_are_refused(dataset, tmp_path, overrides, mes
 
     with pytest.raises(ConfigError, match=message):
         tiny_config(dataset, tmp_path / "r", **overrides)
+
+
+def test_steps_for_a_token_budget_count_the_warmup_shorter():
+    plain = Warmup.of(batch_size=32, block_size=64, batch_steps=0, batch_start=0,
+                      length_steps=0, length_start=0)
+    warm = Warmup.of(batch_size=32, block_size=64, batch_steps=0, batch_start=0,
+                     length_steps=60, length_start=16)
+    assert steps_for_tokens(plain, 150 * 32 * 64) == 150
+    assert steps_for_tokens(plain, 150 * 32 * 64, grad_accum=2) == 75
+    warm_tokens = sum(32 * Ramp(16, 64, 60, multiple=8).at(s) for s in range(150))
+    assert steps_for_tokens(warm, warm_tokens) == 150
+    assert steps_for_tokens(warm, warm_tokens + 1) == 151
+    assert steps_for_tokens(warm, 1) == 1

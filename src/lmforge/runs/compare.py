@@ -31,6 +31,7 @@ from lmforge.data.shards import MANIFEST
 from lmforge.errors import ConfigError
 from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir
+from lmforge.train.ramps import Warmup, steps_for_tokens
 
 DEFAULT_RECIPES = ("shakespeare_char", "lstm_char")
 EVAL_POINTS = 10  # periodic evaluations per run under a token budget, for the curves
@@ -71,8 +72,11 @@ def plan(recipes: list[str], *, data: Path, out: Path, budget: Budget,
         if budget.minutes:
             t.max_minutes = budget.minutes
         else:
-            tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
-            t.max_steps = max(1, math.ceil(budget.tokens / tokens_per_step))
+            warmup = Warmup.of(batch_size=t.batch_size, block_size=cfg.model.block_size,
+                               batch_steps=t.batch_warmup_steps,
+                               batch_start=t.batch_warmup_start,
+                               length_steps=t.seq_warmup_steps, length_start=t.seq_warmup_start)
+            t.max_steps = steps_for_tokens(warmup, budget.tokens, grad_accum=t.grad_accum)
             t.max_minutes = 0.0
             cfg.optim.decay_steps = 0  # the schedule ends with the budget
             cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, t.max_steps // 10)

@@ -59,3 +59,16 @@ class Warmup:
         if rows == x.shape[0] and length == x.shape[1]:
             return x, y
         return x[:rows, :length].contiguous(), y[:rows, :length].contiguous()
+
+
+def steps_for_tokens(warmup: Warmup, tokens: int, *, grad_accum: int = 1) -> int:
+    """The fewest steps that train at least `tokens` tokens (one rank's, `grad_accum`
+    micro-batches a step): `lmforge compare --tokens` gives every recipe the same budget,
+    warm-up or not."""
+    step = seen = 0
+    ramping = max(warmup.batch.steps, warmup.length.steps)
+    while seen < tokens and step < ramping:
+        seen += warmup.batch.at(step) * warmup.length.at(step) * grad_accum
+        step += 1
+    full = warmup.batch.full * warmup.length.full * grad_accum
+    return max(1, step + max(0, math.ceil((tokens - seen) / full)))

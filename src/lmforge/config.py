@@ -272,17 +272,19 @@ def _validate_warmups(cfg: Config) -> None:
     """train.batch_warmup_* and train.seq_warmup_*: language modeling with a Transformer,
     starting below the full size."""
     t = cfg.train
-    asked = [key for key, steps in (("train.batch_warmup_steps", t.batch_warmup_steps),
-                                    ("train.seq_warmup_steps", t.seq_warmup_steps)) if steps]
+    asked = [(key, steps) for key, steps in (("train.batch_warmup_steps", t.batch_warmup_steps),
+                                             ("train.seq_warmup_steps", t.seq_warmup_steps))
+             if steps]
     if not asked:
         return
+    key, steps = asked[0]
     if cfg.model.arch != "gpt":
-        raise ConfigError(f"{asked[0]}={getattr(t, asked[0][6:])} with model.arch="
-                          f"{cfg.model.arch}: a recurrent model's streams go on from step to "
-                          "step at a fixed batch and chunk length; set it to 0")
+        raise ConfigError(f"{key}={steps} with model.arch={cfg.model.arch}: a recurrent "
+                          "model's streams go on from step to step at a fixed batch and chunk "
+                          "length; set it to 0")
     if cfg.task.kind != "lm":
-        raise ConfigError(f"{asked[0]} warms up language modeling, not task.kind="
-                          f"{cfg.task.kind}; set it to 0")
+        raise ConfigError(f"{key} warms up language modeling, not task.kind={cfg.task.kind}; "
+                          "set it to 0")
     for key, start, full, name in (
             ("train.batch_warmup_start", t.batch_warmup_start, t.batch_size, "train.batch_size"),
             ("train.seq_warmup_start", t.seq_warmup_start, cfg.model.block_size,

@@ -72,11 +72,8 @@ def plan(recipes: list[str], *, data: Path, out: Path, budget: Budget,
         if budget.minutes:
             t.max_minutes = budget.minutes
         else:
-            warmup = Warmup.of(batch_size=t.batch_size, block_size=cfg.model.block_size,
-                               batch_steps=t.batch_warmup_steps,
-                               batch_start=t.batch_warmup_start,
-                               length_steps=t.seq_warmup_steps, length_start=t.seq_warmup_start)
-            t.max_steps = steps_for_tokens(warmup, budget.tokens, grad_accum=t.grad_accum)
+            t.max_steps = steps_for_tokens(Warmup.from_config(cfg), budget.tokens,
+                                           grad_accum=t.grad_accum)
             t.max_minutes = 0.0
             cfg.optim.decay_steps = 0  # the schedule ends with the budget
             cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, t.max_steps // 10)

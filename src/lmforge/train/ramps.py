@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.config import Config
+
 LENGTH_MULTIPLE = 8  # sequence lengths are rounded up to a multiple of this (kernels like it)
 
 
@@ -48,6 +50,13 @@ class Warmup:
         return cls(Ramp(batch_start or max(1, batch_size // 4), batch_size, batch_steps),
                    Ramp(length_start or max(1, block_size // 4), block_size, length_steps,
                         multiple=LENGTH_MULTIPLE))
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Warmup:
+        t = cfg.train
+        return cls.of(batch_size=t.batch_size, block_size=cfg.model.block_size,
+                      batch_steps=t.batch_warmup_steps, batch_start=t.batch_warmup_start,
+                      length_steps=t.seq_warmup_steps, length_start=t.seq_warmup_start)
 
     @property
     def active(self) -> bool:

@@ -107,11 +107,7 @@ class Trainer:
             eval_batch_size=cfg.eval.batch_size or cfg.train.batch_size,
             eval_batches=cfg.eval.batches, info=info, device=self.device,
             autocast=self.autocast, samples_log=samples_log,
-            warmup=Warmup.of(batch_size=cfg.train.batch_size, block_size=cfg.model.block_size,
-                             batch_steps=cfg.train.batch_warmup_steps,
-                             batch_start=cfg.train.batch_warmup_start,
-                             length_steps=cfg.train.seq_warmup_steps,
-                             length_start=cfg.train.seq_warmup_start))
+            warmup=Warmup.from_config(cfg))
         self.utilization = mfu.Utilization(
             device=self.device, dtype=self.compute_dtype, flops_per_token=self.flops_per_token,
             devices=info.world_size, configured_tflops=cfg.train.peak_tflops, report=info.is_main)

@@ -1,3 +1,3 @@
-from lmforge.cli.main import main
+from lmforge.cli.main import console
 
-raise SystemExit(main())
+raise SystemExit(console())

@@ -107,15 +107,52 @@ def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, *,
     """Model and optimizer state as DCP saves and loads it: sharded as the model is, keyed by
     parameter names that are the same under every strategy (the trainable weights alone
     with `adapters_only`)."""
-    return {"model": _model_state(model, adapters_only=adapters_only),
-            "optim": _dcp().state_dict.get_optimizer_state_dict(model, optimizer)}
+    optim = (_plain_optimizer_state(model, optimizer) if _plain(model) and optimizer.state
+             else _dcp().state_dict.get_optimizer_state_dict(model, optimizer))
+    return {"model": _model_state(model, adapters_only=adapters_only), "optim": optim}
+
+
+def _plain(model: nn.Module) -> bool:
+    """Whether the model's state can be read without DCP's state-dict helpers: one process,
+    and every parameter a plain tensor (no DTensor, sharded or replicated). The helpers
+    name each weight through the wrappers of DDP, FSDP and torch.compile, which a plain
+    model has none of, and import torch._dynamo to look for them: 1.2 s on 2 CPU cores,
+    as long as the rest of a small run's start-up. tests/unit/test_checkpoint.py checks
+    that both ways give the same state."""
+    return not _in_group() and all(type(p.data) is torch.Tensor for p in model.parameters())
+
+
+def _plain_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict keyed by parameter names, as DCP's
+    get_optimizer_state_dict gives it for a plain model whose optimizer has stepped."""
+    own = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    index = {id(p): i for i, p in enumerate(params)}  # state_dict numbers them in this order
+    name = {index[id(p)]: n for n, p in model.named_parameters() if id(p) in index}
+    return {"state": {name[i]: value for i, value in own["state"].items()},
+            "param_groups": [{**group, "params": [name[i] for i in group["params"]]}
+                             for group in own["param_groups"]]}
 
 
 def _model_state(model: nn.Module, *, adapters_only: bool, full: bool = False) -> dict[str, Any]:
     """The model's state dict (`full`: gathered whole onto rank 0's CPU), without its frozen
-    weights when `adapters_only`. torch's ignore_frozen_params looks each frozen parameter
-    up under one name only, so a frozen weight with two (the tied output layer) is dropped
-    here under the other as well."""
+    weights when `adapters_only`."""
+    if _plain(model):
+        return _plain_model_state(model, adapters_only=adapters_only, full=full)
+    return _dcp_model_state(model, adapters_only=adapters_only, full=full)
+
+
+def _plain_model_state(model: nn.Module, *, adapters_only: bool, full: bool) -> dict[str, Any]:
+    """_model_state of a plain model, without DCP: its own state dict."""
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {n: t.cpu() if full else t for n, t in model.state_dict().items()
+            if not (adapters_only and n in frozen)}
+
+
+def _dcp_model_state(model: nn.Module, *, adapters_only: bool, full: bool) -> dict[str, Any]:
+    """_model_state through DCP, for a model under any strategy. torch's
+    ignore_frozen_params looks each frozen parameter up under one name only, so a frozen
+    weight with two (the tied output layer) is dropped here under the other as well."""
     dicts = _dcp().state_dict
     options = dicts.StateDictOptions(full_state_dict=full, cpu_offload=full,
                                      ignore_frozen_params=adapters_only)

@@ -31,7 +31,6 @@ from lmforge import checkpoint
 from lmforge.config import Config, load_config, require_trackers, validate, validate_lora
 from lmforge.console import log
 from lmforge.data import shards
-from lmforge.data.prepare import ensure_dataset
 from lmforge.data.tokenizer import tokenizer_digest
 from lmforge.distributed import elastic, env
 from lmforge.distributed.device import compute_dtype, resolve_device
@@ -201,7 +200,10 @@ def _new_run(cfg: Config, *, recipe: str | None, explicit: dict[str, str],
     if new_run_dir(cfg, recipe_name=name, restarting=restarting) != run:
         raise LmforgeError(f"{run} was taken by another run as this one started; start again")
     cfg.run.dir = str(run)
-    ensure_dataset(cfg, log=log)
+    if not (Path(cfg.data.path) / shards.MANIFEST).is_file():  # else it is prepared already
+        from lmforge.data.prepare import ensure_dataset  # the pipeline: only to prepare data
+
+        ensure_dataset(cfg, log=log)
     # Absolute, so that eval and generate find the data from any working directory.
     cfg.data.path = str(Path(cfg.data.path).resolve())
     if cfg.run.init_from:  # first: its message says more than fit_vocab's would

@@ -110,3 +110,54 @@ def test_training_state_round_trips_through_dcp(tmp_path):
     sa, sb = opt_a.state_dict(), opt_b.state_dict()
     for key in ("exp_avg", "exp_avg_sq", "step"):
         assert torch.equal(sa["state"][0][key], sb["state"][0][key])
+
+
+def _same(a, b) -> bool:
+    """Whether two state dicts hold the same keys, values and tensors."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _stepped(name: str):
+    """A model of each kind lmforge saves, and its optimizer after one step."""
+    from lmforge.config import LoraConfig, ModelConfig, OptimConfig
+    from lmforge.interop import lora
+    from lmforge.models import build_model
+    from lmforge.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    if name == "tied":
+        model, optim = Tied(), OptimConfig()
+    else:
+        arch = "gru" if name == "gru" else "gpt"
+        model = build_model(ModelConfig(arch=arch, n_layer=2, n_head=2, n_embd=16, block_size=8,
+                                        vocab_size=32, bias=name == "lora", mlp="relu2",
+                                        qk_norm=name == "muon"))
+        optim = OptimConfig(name="muon" if name == "muon" else "adamw")
+        if name == "lora":
+            lora.apply_lora(model, LoraConfig(r=2), seed=1)
+    optimizer = build_optimizer(model, optim, device_type="cpu")
+    loss = sum((p.float() ** 2).sum() for p in model.parameters() if p.requires_grad)
+    loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("name", ["tied", "muon", "gru", "lora"])
+def test_a_plain_models_state_is_what_dcp_gives(name):
+    """A single process saves without DCP's state-dict helpers (they import torch._dynamo):
+    the same names, values and optimizer groups as theirs, so DCP resumes it anywhere."""
+    model, optimizer = _stepped(name)
+    adapters = name == "lora"
+    assert checkpoint._plain(model)
+    for full in (False, True):
+        assert _same(checkpoint._plain_model_state(model, adapters_only=adapters, full=full),
+                     checkpoint._dcp_model_state(model, adapters_only=adapters, full=full))
+    dcp = checkpoint._dcp().state_dict.get_optimizer_state_dict(model, optimizer)
+    assert _same(checkpoint._plain_optimizer_state(model, optimizer), dcp)
+    assert len(dcp["state"]) == sum(p.requires_grad for p in model.parameters())

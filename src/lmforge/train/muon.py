@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lmforge.train.eager_optim import EagerOptimizer
+
 
 def adjusted_lr(lr: float, rule: str | None, shape: torch.Size) -> float:
     """Muon's learning rate for a matrix of `shape`, as torch.optim.Muon scales it
@@ -50,8 +52,9 @@ def orthogonalize(updates: Tensor, coefficients: tuple[float, float, float], ste
     return x
 
 
-class StackedMuon(torch.optim.Muon):
-    """torch.optim.Muon, with each group's same-shaped matrices orthogonalized together."""
+class StackedMuon(EagerOptimizer, torch.optim.Muon):
+    """torch.optim.Muon, with each group's same-shaped matrices orthogonalized together (and
+    its bookkeeping methods without the torch.compile guards: eager_optim)."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

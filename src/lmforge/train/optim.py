@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lmforge.config import OptimConfig
 from lmforge.errors import ConfigError
+from lmforge.train.eager_optim import EagerAdamW
 from lmforge.train.muon import StackedMuon
 
 # Layers that read tokens in or write scores out, by their attribute name (GPT's and the
@@ -79,7 +80,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str,
 
 
 def _adamw(params: list[nn.Parameter], cfg: OptimConfig, *, device_type: str,
-           fused: bool) -> torch.optim.AdamW:
+           fused: bool) -> EagerAdamW:
     """AdamW; weight decay on tensors of two or more dimensions (matrices and embeddings)."""
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -90,8 +91,8 @@ def _adamw(params: list[nn.Parameter], cfg: OptimConfig, *, device_type: str,
     # The fused kernel is the fastest on GPUs and on CPUs alike (about 10% of a small
     # model's step on a 2-core CPU, against the for-each and for-loop kernels).
     fused = device_type == "cuda" or (fused and device_type == "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             fused=fused or None)
+    return EagerAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                      fused=fused or None)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:

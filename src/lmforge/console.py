@@ -27,7 +27,9 @@ def is_main_process() -> bool:
 def log(message: str) -> None:
     """One line for the user, on stderr; said once under torchrun (by rank 0)."""
     if is_main_process():
-        tqdm.write(message, file=sys.stderr)
+        # one write with its newline: tqdm.write's two (text, then end) let a Ctrl-C between
+        # them put "lmforge: interrupted" on the end of this line
+        tqdm.write(message + "\n", file=sys.stderr, end="")
 
 
 class Progress:
@@ -87,8 +89,8 @@ class Progress:
         share = (f"{done} of {_amount(total, self.unit, self.unit_scale)} "
                  f"({self.done / total:.0%})" if total and math.isfinite(total) else done)
         elapsed = time.monotonic() - self._started
-        tqdm.write(f"{self.desc}: {share}, {elapsed:.0f}s" + (f"; {note}" if note else ""),
-                   file=self.stream)
+        tqdm.write(f"{self.desc}: {share}, {elapsed:.0f}s" + (f"; {note}" if note else "")
+                   + "\n", file=self.stream, end="")  # one write, as log's
 
     def close(self) -> None:
         if self.bar is not None:

@@ -41,11 +41,14 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return _hand_to_torchrun(args.nproc, args.argv)
     from lmforge.plan import TrainRequest, planned_run
-    from lmforge.tasks.setup import task_for
     from lmforge.train.session import train_run
 
     with planned_run(TrainRequest(args.recipe, args.resume, overrides)) as plan:
-        task = task_for(plan.cfg)  # a task run (lmforge finetune) continues as one
+        task = None
+        if plan.cfg.task.kind != "lm":  # a task run (lmforge finetune) continues as one; the
+            from lmforge.tasks.setup import task_for  # tasks' readers load only for one
+
+            task = task_for(plan.cfg)
         outcome = (train_run(plan) if task is None
                    else train_run(plan, wrap=task.wrap, objective=task.objective))
     if outcome.trained and plan.is_main and plan.cfg.task.kind == "classify":  # test figures

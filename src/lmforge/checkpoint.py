@@ -113,12 +113,9 @@ def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, *,
 
 
 def _plain(model: nn.Module) -> bool:
-    """Whether the model's state can be read without DCP's state-dict helpers: one process,
-    and every parameter a plain tensor (no DTensor, sharded or replicated). The helpers
-    name each weight through the wrappers of DDP, FSDP and torch.compile, which a plain
-    model has none of, and import torch._dynamo to look for them: 1.2 s on 2 CPU cores,
-    as long as the rest of a small run's start-up. tests/unit/test_checkpoint.py checks
-    that both ways give the same state."""
+    """Whether the state can be read without DCP's helpers (one process, no DTensor): they
+    look for DDP, FSDP and torch.compile wrappers a plain model lacks, importing torch._dynamo
+    (1.2 s on 2 CPU cores). tests/unit/test_checkpoint.py checks both give the same state."""
     return not _in_group() and all(type(p.data) is torch.Tensor for p in model.parameters())
 
 
@@ -137,9 +134,8 @@ def _plain_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -
 def _model_state(model: nn.Module, *, adapters_only: bool, full: bool = False) -> dict[str, Any]:
     """The model's state dict (`full`: gathered whole onto rank 0's CPU), without its frozen
     weights when `adapters_only`."""
-    if _plain(model):
-        return _plain_model_state(model, adapters_only=adapters_only, full=full)
-    return _dcp_model_state(model, adapters_only=adapters_only, full=full)
+    read = _plain_model_state if _plain(model) else _dcp_model_state
+    return read(model, adapters_only=adapters_only, full=full)
 
 
 def _plain_model_state(model: nn.Module, *, adapters_only: bool, full: bool) -> dict[str, Any]:
@@ -160,9 +156,8 @@ def _dcp_model_state(model: nn.Module, *, adapters_only: bool, full: bool) -> di
     if adapters_only:
         for name, p in model.named_parameters(remove_duplicate=False):
             if not p.requires_grad:
-                for fqn in dicts._get_fqns(model, name):  # its name in the state dict, unwrapped
-                    # (torch's own unwrapping of names)
-                    state.pop(fqn, None)
+                for fqn in dicts._get_fqns(model, name):  # its name in the state dict,
+                    state.pop(fqn, None)                   # unwrapped as torch unwraps it
     return state
 
 

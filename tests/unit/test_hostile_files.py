@@ -1,10 +1,11 @@
 """Files that lmforge reads, damaged at random: a recipe, a run's config.toml and its
-checkpoint pointers, a tokenizer directory; and data files whose names are too long or that
-may not be read. Each gives its result or one LmforgeError of one line; never a traceback,
-and never code run from a file."""
+checkpoint pointers, pickled tensors (pytorch_model.bin, trainer.pt), a tokenizer directory;
+and data files whose names are too long or that may not be read. Each gives its result or
+one LmforgeError of one line; never a traceback, and never code run from a file."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,13 +14,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmforge.checkpoint import TRAINER_FILE, read_trainer_state
 from lmforge.config import Config, load_config
 from lmforge.data.sources import iter_documents
 from lmforge.data.tokenizer import load_tokenizer, train_tokenizer
 from lmforge.errors import ConfigError, DataError, LmforgeError
+from lmforge.interop.hf_weights import load_bin
 from lmforge.recipes import read_toml, recipe_path
 from lmforge.rundir import RunDir, read_run_config, write_config
 
@@ -108,6 +112,41 @@ def test_a_damaged_checkpoint_pointer_names_no_checkpoint(tmp_path_factory, poin
     run.checkpoints.mkdir()
     (run.checkpoints / "latest").write_bytes(pointer)
     assert isinstance(run.pointer("latest"), str)  # a name, found among the checkpoints or not
+
+
+# ---------------------------------------------------------------------------- pickled tensors
+
+@pytest.fixture(scope="module")
+def pickles() -> dict[str, bytes]:
+    """A small state_dict saved by torch.save, in its zip format and its legacy pickle."""
+    state = {"wte.weight": torch.zeros(4, 3), "step": torch.arange(10)}
+    out = {}
+    for fmt in ("zip", "legacy"):
+        buffer = io.BytesIO()
+        torch.save(state, buffer, _use_new_zipfile_serialization=fmt == "zip")
+        out[fmt] = buffer.getvalue()
+    return out
+
+
+@FEW
+@given(fmt=st.sampled_from(["zip", "legacy"]), changes=edits)
+def test_a_damaged_pytorch_model_bin_gives_tensors_or_one_line(tmp_path, pickles, fmt, changes):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(mutated(pickles[fmt], changes))
+    try:
+        load_bin(path)
+    except LmforgeError as err:  # the unpickler's IndexError, struct.error, ... included
+        one_line(err)
+
+
+@FEW
+@given(fmt=st.sampled_from(["zip", "legacy"]), changes=edits)
+def test_a_damaged_trainer_state_gives_a_state_or_one_line(tmp_path, pickles, fmt, changes):
+    (tmp_path / TRAINER_FILE).write_bytes(mutated(pickles[fmt], changes))
+    try:
+        read_trainer_state(tmp_path)
+    except LmforgeError as err:
+        one_line(err)
 
 
 # ---------------------------------------------------------------------------- tokenizers

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import random
 import time
 
 import pytest
@@ -164,8 +164,8 @@ def test_config_json_that_is_not_an_object(directory):
 def test_corrupt_model_safetensors_is_one_line(directory, damage):
     weights = directory / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes({"truncate": data[: len(data) // 2] + os.urandom(8),
-                         "garbage": os.urandom(len(data)),
+    weights.write_bytes({"truncate": data[: len(data) // 2] + random.Random(1).randbytes(8),
+                         "garbage": random.Random(2).randbytes(len(data)),
                          "header": (10**12).to_bytes(8, "little") + data[8:],
                          "list": (2).to_bytes(8, "little") + b"[]" + data[10:]}[damage])
     refused(directory, CheckpointError, "not a readable safetensors file")
@@ -221,7 +221,7 @@ def test_a_pickle_that_would_run_code_is_not_loaded(tmp_path):
     assert "pytorch_model.bin" in message and not marker.exists()
     torch.save([torch.zeros(100_000)], model / "pytorch_model.bin")  # tensors, not a state_dict
     refused(model, CheckpointError, "is not a state_dict")
-    (model / "pytorch_model.bin").write_bytes(os.urandom(400_000))
+    (model / "pytorch_model.bin").write_bytes(random.Random(0).randbytes(400_000))
     refused(model, CheckpointError, "damaged or may be hostile")
 
 

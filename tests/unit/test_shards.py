@@ -262,3 +262,20 @@ def test_any_damage_to_a_manifest_reads_or_is_a_data_error(tmp_path_factory, dat
             read()
         except DataError as err:
             assert "\n" not in str(err)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(at=st.integers(0, 127), new=st.binary(min_size=1, max_size=4))
+def test_any_damage_to_a_document_index_reads_or_is_a_data_error(tmp_path_factory, at, new):
+    """A .docs.npy whose header was edited (np.load raises ValueError, TokenError or
+    SyntaxError for those) gives offsets or a DataError."""
+    directory = tmp_path_factory.mktemp("ds")
+    write_dataset(directory, {"train": [[1, 2, 3], [4]], "val": [[5, 6]]}, 300)
+    path = directory / "val.docs.npy"
+    data = bytearray(path.read_bytes())
+    data[at:at + len(new)] = new
+    path.write_bytes(bytes(data))
+    try:
+        shards.document_starts(directory, "val")
+    except DataError as err:
+        assert "\n" not in str(err)

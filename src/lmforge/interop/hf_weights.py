@@ -12,6 +12,7 @@ a directory never runs code from it.
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,8 +39,10 @@ def load_bin(path: Path) -> dict[str, Tensor]:
     """pytorch_model.bin with weights_only=True: a pickle that would build anything but
     tensors (run code) is refused, never run."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as err:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 138": damaged bytes
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # damaged bytes raise IndexError, struct.error, ... from the unpickler
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise CheckpointError(f"{path} is not plain tensors ({reason}); the file is damaged or "
                               "may be hostile, and was not loaded. Get a model.safetensors "

@@ -312,6 +312,20 @@ def test_relu2_mlp_is_relu_squared():
     assert model_params(cfg) == model.num_params()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_squared_gives_autograds_bits_forward_and_backward(dtype):
+    from lmforge.models.layers import _ReLUSquared
+
+    x = torch.randn(4, 7, 33).mul(3).to(dtype)
+    x[0, 0, :5] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 2.0**70])  # zeros, tiny, past bf16's max
+    grad = torch.randn_like(x)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, autograd = _ReLUSquared.apply(a), torch.relu(b).square()
+    ours.backward(grad)
+    autograd.backward(grad)
+    assert torch.equal(ours, autograd) and torch.equal(a.grad, b.grad)
+
+
 def test_zero_init_proj_starts_the_residual_projections_at_zero_and_trains():
     cfg = tiny(zero_init_proj=True, tie_embeddings=False)
     model = gpt(cfg).train()

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from lmforge import collector
 from lmforge.cli.options import add_config_options, add_recipe_argument
 from lmforge.console import log
 from lmforge.errors import LmforgeError
@@ -40,17 +41,21 @@ def run(args: argparse.Namespace) -> int:
         overrides["run.init_from"] = str(args.init_from)
     if args.nproc is not None:
         return _hand_to_torchrun(args.nproc, args.argv)
-    from lmforge.plan import TrainRequest, planned_run
-    from lmforge.train.session import train_run
+    collector.pause()  # until the run is built (collector.py); train_run resumes it
+    try:
+        from lmforge.plan import TrainRequest, planned_run
+        from lmforge.train.session import train_run
 
-    with planned_run(TrainRequest(args.recipe, args.resume, overrides)) as plan:
-        task = None
-        if plan.cfg.task.kind != "lm":  # a task run (lmforge finetune) continues as one; the
-            from lmforge.tasks.setup import task_for  # tasks' readers load only for one
+        with planned_run(TrainRequest(args.recipe, args.resume, overrides)) as plan:
+            task = None
+            if plan.cfg.task.kind != "lm":  # a task run (lmforge finetune) continues as one;
+                from lmforge.tasks.setup import task_for  # tasks' readers load only for one
 
-            task = task_for(plan.cfg)
-        outcome = (train_run(plan) if task is None
-                   else train_run(plan, wrap=task.wrap, objective=task.objective))
+                task = task_for(plan.cfg)
+            outcome = (train_run(plan) if task is None
+                       else train_run(plan, wrap=task.wrap, objective=task.objective))
+    finally:
+        collector.resume()
     if outcome.trained and plan.is_main and plan.cfg.task.kind == "classify":  # test figures
         from lmforge.runs.classifier import measure_run
 

@@ -8,6 +8,7 @@ Shapes: B batch, T new tokens, C n_embd, nh heads, hs head size, L cache length.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -327,6 +328,23 @@ class CausalSelfAttention(nn.Module):
 
 # ---------------------------------------------------------------------------- MLPs
 
+class _ReLUSquared(torch.autograd.Function):
+    """relu(x) squared, whose backward is grad * 2 relu(x) from the saved relu(x): the same
+    values as F.relu(x).square() in two passes over the hidden activations instead of four
+    (autograd's pow backward and threshold backward), ~30% less of that work on a CPU."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (r,) = ctx.saved_tensors
+        return (grad * r).mul_(2)  # doubling is exact: the same bits as grad * (2 * r)
+
+
 class MLP(nn.Module):
     """GPT-2's feed-forward block: exact GELU (model.mlp=gelu) or GPT-2's tanh approximation
     of it (gelu_tanh, HF's gelu_new); or ReLU squared (relu2, the NanoGPT speedrun's)."""
@@ -344,7 +362,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate=self.approximate)
+        h = _ReLUSquared.apply(h) if self.relu2 else F.gelu(h, approximate=self.approximate)
         return self.drop(self.c_proj(h))
 
 

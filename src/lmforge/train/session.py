@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lmforge import collector
 from lmforge.console import log
 from lmforge.distributed import env
 from lmforge.interop.init_from import load_state
@@ -59,6 +60,7 @@ def train_run(plan: RunPlan, *, wrap: Callable[[LanguageModel], TrainedModel] | 
         if plan.is_main:
             trainer.start_files()
             write_config(cfg, run)
+    collector.resume()  # start-up is over: the collector from here on (collector.py)
     result = trainer.fit()
     outcome = TrainOutcome(exit_code=0, fit=result, params=trainer.raw_model.num_params(),
                            tokens=trainer.counters.tokens)

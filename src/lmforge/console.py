@@ -32,6 +32,14 @@ def log(message: str) -> None:
         tqdm.write(message + "\n", file=sys.stderr, end="")
 
 
+def report_error(verb: str, err: BaseException) -> None:
+    """`lmforge VERB: error: MESSAGE` on stderr, once: by rank 0 under torchrun (every rank
+    stops alike), and not again for an error already reported (`err.reported`)."""
+    if is_main_process() and not getattr(err, "reported", False):
+        print(f"lmforge {verb}: error: {err}", file=sys.stderr, flush=True)
+    err.reported = True  # type: ignore[attr-defined]
+
+
 class Progress:
     """A bar on a terminal; a line every `every_s` seconds elsewhere (never both).
 

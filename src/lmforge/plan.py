@@ -29,7 +29,7 @@ import torch
 
 from lmforge import checkpoint
 from lmforge.config import Config, load_config, require_trackers, validate, validate_lora
-from lmforge.console import log
+from lmforge.console import log, report_error
 from lmforge.data import shards
 from lmforge.data.tokenizer import tokenizer_digest
 from lmforge.distributed import elastic, env
@@ -52,6 +52,7 @@ class TrainRequest:
     recipe: str | None = None
     resume: Path | None = None
     overrides: dict[str, str] | None = None
+    verb: str = "train"  # the command, for its errors (lmforge finetune trains too)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
             try:
                 decided = _decide(request, cfg, info, held)
             except LmforgeError as err:
+                if info.distributed:  # said before the others hear of it (see below)
+                    report_error(request.verb, err)
                 decided = err
         decided = env.broadcast_object(decided, info)  # every rank stops alike on a bad input
         if isinstance(decided, LmforgeError):
@@ -130,6 +133,12 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
         assert decided is not None
         run = decided.run
         yield _plan(decided, info)
+    except LmforgeError as err:
+        # Under torchrun, once any rank has exited torchrun ends the others: rank 0 says what
+        # they all stopped on now, not after leaving the process group, lest it be ended first.
+        if info.distributed:
+            report_error(request.verb, err)
+        raise
     except RuntimeError as err:  # gloo reports a vanished peer as a plain RuntimeError
         if info.distributed and env.is_peer_failure(err):
             raise LmforgeError(env.lost_peer_message(err, info)) from None

@@ -3,7 +3,8 @@ and ends where the run will end, plain lines elsewhere."""
 
 import io
 
-from lmforge.console import Progress
+from lmforge.console import Progress, report_error
+from lmforge.errors import ConfigError
 from lmforge.train.metrics import TrainProgress
 
 
@@ -68,3 +69,14 @@ def test_disabled_progress_says_nothing(capsys):
     progress.advance(10)
     progress.line()
     assert out.getvalue() == "" and not progress.plain
+
+
+def test_an_error_is_reported_once_and_by_rank_0_alone(capsys, monkeypatch):
+    err = ConfigError("model.n_head=3 does not divide n_embd=32; pick a divisor")
+    report_error("train", err)  # as planned_run does under torchrun, before leaving the group
+    report_error("train", err)  # as the CLI then does for every error
+    assert capsys.readouterr().err == ("lmforge train: error: model.n_head=3 does not divide "
+                                       "n_embd=32; pick a divisor\n")
+    monkeypatch.setenv("RANK", "1")
+    report_error("finetune", ConfigError("the same on another rank"))
+    assert capsys.readouterr().err == ""

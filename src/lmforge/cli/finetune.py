@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     texts_file = _texts_file(texts)
     overrides["data.source"] = str(texts_file)
     try:
-        with planned_run(TrainRequest(recipe, None, overrides)) as plan:
+        with planned_run(TrainRequest(recipe, None, overrides, verb="finetune")) as plan:
             if args.task == "classify":
                 from lmforge.runs.classifier import Labels
 

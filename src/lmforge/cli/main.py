@@ -12,7 +12,6 @@ Adding a verb is one module and one line in VERBS.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 from types import ModuleType
 
@@ -34,6 +33,7 @@ from lmforge.cli import (
     verify_resume,
 )
 from lmforge.cli.options import Parser, collect_overrides
+from lmforge.console import report_error
 from lmforge.errors import LmforgeError
 
 VERBS: dict[str, ModuleType] = {
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = collect_overrides(args, rest, names=names) if verb.OVERRIDES else {}
         return int(verb.run(args))
     except LmforgeError as err:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
-            print(f"lmforge {args.verb}: error: {err}", file=sys.stderr)
+        report_error(args.verb, err)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

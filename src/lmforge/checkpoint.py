@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_model, save_file
 from torch import nn
 
+from lmforge import weights_only
 from lmforge.console import log
 from lmforge.distributed.env import SINGLE, DistInfo, barrier, broadcast_object
 from lmforge.errors import CheckpointError
@@ -415,10 +416,9 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     """trainer.pt of checkpoint `path` (counters, loader position, RNG states), tensors and
     plain data only (weights_only: loading it runs no code)."""
     try:
-        state = torch.load(path / TRAINER_FILE, weights_only=True)
-    except Exception as err:  # damaged bytes raise IndexError, struct.error, ... from the unpickler
-        first = " ".join(str(err).split())[:160]
-        raise CheckpointError(f"{path / TRAINER_FILE} is damaged or not lmforge's ({first}); "
+        state = weights_only.load(path / TRAINER_FILE)
+    except weights_only.NotLoaded as err:
+        raise CheckpointError(f"{path / TRAINER_FILE} is damaged or not lmforge's ({err}); "
                               "it was not loaded; use another checkpoint or start a new run"
                               ) from None
     if not isinstance(state, dict) or not {"counters", "loader", "rng"} <= set(state):

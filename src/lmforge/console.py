@@ -18,6 +18,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from lmforge.errors import LmforgeError
+
 
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or a process started on its own."""
@@ -32,12 +34,12 @@ def log(message: str) -> None:
         tqdm.write(message + "\n", file=sys.stderr, end="")
 
 
-def report_error(verb: str, err: BaseException) -> None:
+def report_error(verb: str, err: LmforgeError) -> None:
     """`lmforge VERB: error: MESSAGE` on stderr, once: by rank 0 under torchrun (every rank
-    stops alike), and not again for an error already reported (`err.reported`)."""
-    if is_main_process() and not getattr(err, "reported", False):
+    stops alike), and not again for an error already reported."""
+    if is_main_process() and not err.reported:
         print(f"lmforge {verb}: error: {err}", file=sys.stderr, flush=True)
-    err.reported = True  # type: ignore[attr-defined]
+    err.reported = True
 
 
 class Progress:

@@ -8,6 +8,8 @@ else is a bug in lmforge and keeps its traceback.
 class LmforgeError(Exception):
     """A problem with the user's input, with a message that names the fix."""
 
+    reported = False  # said on stderr already (console.report_error): not to be said again
+
 
 class ConfigError(LmforgeError):
     """An unknown config key, a value of the wrong type, or an impossible combination."""

@@ -11,8 +11,6 @@ a directory never runs code from it.
 
 from __future__ import annotations
 
-import pickle
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +18,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from lmforge import weights_only
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
 from lmforge.interop.hf_layout import BUFFERS, is_conv1d, pairs, qkv, weight_files
 
-# What reading a damaged file can raise (safetensors' own error, or torch on odd dtypes)
+# What reading a damaged safetensors file can raise (its own error, or torch on odd dtypes)
 LOAD_ERRORS = (SafetensorError, OSError, RuntimeError, ValueError, TypeError, KeyError,
-               EOFError, pickle.UnpicklingError)
+               EOFError)
 
 
 def _unreadable(path: Path, err: BaseException) -> CheckpointError:
@@ -39,12 +38,9 @@ def load_bin(path: Path) -> dict[str, Tensor]:
     """pytorch_model.bin with weights_only=True: a pickle that would build anything but
     tensors (run code) is refused, never run."""
     try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 138": damaged bytes
-            warnings.simplefilter("ignore")
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # damaged bytes raise IndexError, struct.error, ... from the unpickler
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise CheckpointError(f"{path} is not plain tensors ({reason}); the file is damaged or "
+        sd = weights_only.load(path)
+    except weights_only.NotLoaded as err:
+        raise CheckpointError(f"{path} is not plain tensors ({err}); the file is damaged or "
                               "may be hostile, and was not loaded. Get a model.safetensors "
                               "from a source you trust") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor)

@@ -107,6 +107,29 @@ def test_bf16_attention_on_cpu_runs_in_float32_and_matches_it():
                for t in low)
 
 
+def _casts_in_attention(tensors: list[torch.Tensor], *, grad: bool) -> int:
+    """How many dtype conversions attention() makes on these inputs (profiled)."""
+    with torch.set_grad_enabled(grad), torch.profiler.profile() as prof:
+        attention(*tensors, mask=None, dropout_p=0.0, causal=True)
+    return sum(e.name == "aten::_to_copy" for e in prof.events())
+
+
+def test_bf16_attention_without_backward_stays_in_bf16():
+    # Evaluation and generation need no backward, and the bf16 forward is the faster one:
+    # no casts to float32 and back, and the values still those of float64 to bf16's precision
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 16, 8, dtype=torch.float64) for _ in range(3))
+    low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    assert _casts_in_attention(low, grad=False) == 0
+    assert _casts_in_attention(low, grad=True) == 4  # q, k, v up and the output down
+    with torch.no_grad():
+        y = attention(*low, mask=None, dropout_p=0.0, causal=True)
+    assert y.dtype == torch.bfloat16
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        *(t.detach().double() for t in low), is_causal=True)
+    assert torch.allclose(y.double(), ref, atol=2e-2, rtol=2e-2)
+
+
 def test_cache_mask_lets_each_query_see_its_past():
     mask = cache_mask(2, 3, device=torch.device("cpu"))
     expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)

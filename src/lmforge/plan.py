@@ -35,11 +35,16 @@ from lmforge.data.tokenizer import tokenizer_digest
 from lmforge.distributed import elastic, env
 from lmforge.distributed.device import compute_dtype, resolve_device
 from lmforge.distributed.env import SINGLE, DistInfo
-from lmforge.distributed.parallelize import resolve_strategy
+from lmforge.distributed.parallelize import (
+    TENSOR_PARALLEL,
+    check_tensor_parallel,
+    resolve_strategy,
+)
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
 from lmforge.files import DISK_FULL
 from lmforge.interop import init_from, lora
 from lmforge.locks import DirectoryLock
+from lmforge.models import build_model
 from lmforge.recipes import recipe_path
 from lmforge.rundir import RunDir, new_run_dir, read_run_config, write_config
 
@@ -123,6 +128,7 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
         if info.is_main:
             try:
                 decided = _decide(request, cfg, info, held)
+                check_parallel(decided.cfg, info)
             except LmforgeError as err:
                 if info.distributed:  # said before the others hear of it (see below)
                     report_error(request.verb, err)
@@ -150,6 +156,19 @@ def planned_run(request: TrainRequest) -> Iterator[RunPlan]:
     finally:
         held.close()
         env.teardown()
+
+
+def check_parallel(cfg: Config, info: DistInfo) -> None:
+    """Refuse a strategy this job cannot run, or a model tensor parallelism cannot split,
+    as rank 0 decides the run: each rank would find the same when building it, but torchrun
+    ends every process as soon as one has exited, which could end rank 0 before it said why.
+    The model is built on the meta device, to ask its parallel plan (nothing allocated)."""
+    strategy = resolve_strategy(cfg.parallel.strategy, info)
+    if strategy not in TENSOR_PARALLEL:
+        return
+    with torch.device("meta"):
+        plan = build_model(cfg.model).parallel_plan()
+    check_tensor_parallel(plan, tp=info.tp_size, strategy=strategy)
 
 
 def _out_of_space(err: OSError, run: RunDir | None) -> str:

@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 
 from lmforge.config import load_config
+from lmforge.distributed.env import DistInfo
 from lmforge.errors import ConfigError
-from lmforge.plan import keep_global_batch, local_plan
+from lmforge.plan import check_parallel, keep_global_batch, local_plan
 from lmforge.rundir import RunDir
 
 
@@ -48,3 +49,25 @@ def test_a_global_batch_no_accumulation_gives_back_is_refused():
     with pytest.raises(ConfigError, match="global batch of 8 sequences, and "
                                           "train.batch_size=3 on 1 data-parallel rank"):
         keep_global_batch(cfg, saved, 8, dp_size=1)
+
+
+def test_rank_0_refuses_a_model_tensor_parallelism_cannot_split_before_the_others_build():
+    # Decided with the run, so that one rank says it before any rank exits (torchrun ends
+    # the rest as soon as one has); the model is asked on the meta device.
+    two = DistInfo(rank=0, world_size=2, tp_size=2)
+    lstm = config(**{"model.arch": "lstm", "model.vocab_size": "65", "parallel.strategy": "tp"})
+    with pytest.raises(ConfigError, match="tensor parallelism splits attention heads and MLPs, "
+                                          "and model.arch=lstm has neither"):
+        check_parallel(lstm, two)
+    odd_heads = config(**{"model.n_head": "3", "model.n_embd": "96", "model.vocab_size": "65",
+                          "parallel.strategy": "tp"})
+    with pytest.raises(ConfigError, match="model.n_head=3 does not split over 2"):
+        check_parallel(odd_heads, two)
+    gpt = config(**{"model.vocab_size": "65", "parallel.strategy": "tp"})
+    check_parallel(gpt, two)  # 4 heads split 2 ways
+    ddp = dataclasses.replace(lstm, parallel=dataclasses.replace(lstm.parallel, strategy="ddp"))
+    check_parallel(ddp, two)  # no tensor parallelism asked: nothing to check
+    single = dataclasses.replace(lstm, parallel=dataclasses.replace(lstm.parallel,
+                                                                    strategy="single"))
+    with pytest.raises(ConfigError, match="parallel.strategy=single, but 2 processes"):
+        check_parallel(single, two)

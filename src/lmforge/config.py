@@ -124,7 +124,7 @@ def coerce(key: str, value: Any, *, from_text: bool = True) -> Any:
     if info.choices and value not in info.choices:
         near = difflib.get_close_matches(str(value), info.choices, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(info.choices)}{hint}")
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(info.choices)}{hint}")
     return value
 
 

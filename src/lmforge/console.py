@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import unicodedata
 from typing import IO, Any
 
 from tqdm import tqdm
@@ -34,11 +35,19 @@ def log(message: str) -> None:
         tqdm.write(message + "\n", file=sys.stderr, end="")
 
 
+def one_line(text: str) -> str:
+    """text with every character that would break or rewrite a terminal line (newlines,
+    carriage returns, other controls, Unicode's line and paragraph separators) written as
+    its escape: a message quotes what the user gave, and that may hold any of them."""
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
 def report_error(verb: str, err: LmforgeError) -> None:
-    """`lmforge VERB: error: MESSAGE` on stderr, once: by rank 0 under torchrun (every rank
-    stops alike), and not again for an error already reported."""
+    """`lmforge VERB: error: MESSAGE` on stderr, in one line, once: by rank 0 under torchrun
+    (every rank stops alike), and not again for an error already reported."""
     if is_main_process() and not err.reported:
-        print(f"lmforge {verb}: error: {err}", file=sys.stderr, flush=True)
+        print(f"lmforge {verb}: error: {one_line(str(err))}", file=sys.stderr, flush=True)
     err.reported = True
 
 

@@ -3,7 +3,7 @@ import tomllib
 
 import pytest
 
-from lmforge.cli.options import parse_overrides
+from lmforge.cli.options import Parser, parse_overrides
 from lmforge.config import SECTIONS, Config, from_dict, load_config
 from lmforge.errors import ConfigError
 from lmforge.recipes import recipe_names
@@ -151,3 +151,13 @@ def test_the_speedrun_options_are_set_from_the_command_line():
 def test_speedrun_options_where_they_mean_nothing_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("default", overrides)
+
+
+def test_a_usage_error_quoting_a_line_break_is_still_one_line(capsys):
+    parser = Parser(prog="lmforge eval")
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["a\rb\u2028c"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("lmforge eval: error: unrecognized arguments: a\\rb\\u2028c; "
+                   "see `lmforge eval --help`\n")

@@ -80,3 +80,11 @@ def test_an_error_is_reported_once_and_by_rank_0_alone(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     report_error("finetune", ConfigError("the same on another rank"))
     assert capsys.readouterr().err == ""
+
+
+def test_an_error_quoting_line_breaks_is_still_one_line(capsys):
+    # what the user typed can hold any character; the error line must stay one line
+    report_error("train", ConfigError("parallel.strategy: '\r\nx\x1b[2K\u2028\x85' is wrong"))
+    err = capsys.readouterr().err
+    assert err == "lmforge train: error: parallel.strategy: '\\r\\nx\\x1b[2K\\u2028\\x85' is wrong\n"
+    assert len(err.splitlines()) == 1

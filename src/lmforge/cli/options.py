@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 from lmforge.config import SECTIONS, FieldInfo, coerce, field_infos
+from lmforge.console import one_line
 from lmforge.errors import ConfigError
 
 
@@ -17,7 +18,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line, like every other lmforge error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see `{self.prog} --help`\n")
 
 
 def _help(info: FieldInfo) -> str:

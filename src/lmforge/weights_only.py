@@ -24,5 +24,5 @@ def load(path: Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - see the module's docstring
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise NotLoaded(" ".join(reason.split())[:160] or type(err).__name__) from None
+        first = " ".join(str(err).strip().split("\n", 1)[0].split())
+        raise NotLoaded(first[:160] or type(err).__name__) from None
